@@ -1,0 +1,105 @@
+"""Value types that travel through the pipeline. Imports nothing from the package.
+
+Offsets travel with the data: every item knows the Kafka position it came from, so whatever
+finishes an item (delivery or dead letter) can tell the offset tracker which message is done.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Entity(str, enum.Enum):
+    """The three kinds of metadata ASAPP ingests; the value is the settings/topic suffix."""
+
+    AGENT = "agent"
+    CONVERSATION = "conversation"
+    CUSTOMER = "customer"
+
+    @property
+    def endpoint(self) -> str:
+        """Path of the entity's batch endpoint."""
+        return _ENDPOINTS[self]
+
+
+_ENDPOINTS = {
+    Entity.AGENT: "/metadata-ingestion/v1/many-agent-metadata",
+    Entity.CONVERSATION: "/metadata-ingestion/v1/many-convo-metadata",
+    Entity.CUSTOMER: "/metadata-ingestion/v1/many-customer-metadata",
+}
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class TopicPartition:
+    """A Kafka partition."""
+
+    topic: str
+    partition: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]"
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a message sits: its ``offset``; the offset to commit after it is ``next_offset``."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def tp(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+    @property
+    def next_offset(self) -> int:
+        return self.offset + 1
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A consumed Kafka message, reduced to what the pipeline and the DLQ need."""
+
+    position: Position
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(slots=True)
+class Item:
+    """One API item (already mapped and validated) and the message it came from.
+
+    ``body`` is the item serialized as JSON, computed once so batching by bytes is exact.
+    """
+
+    entity: Entity
+    event_id: str
+    payload: dict[str, Any]
+    body: bytes
+    message: Message
+
+    @property
+    def position(self) -> Position:
+        return self.message.position
+
+
+@dataclass(slots=True)
+class Batch:
+    """Items of one entity that go out in one request. ``close_reason`` says why it closed."""
+
+    entity: Entity
+    items: list[Item] = field(default_factory=list)
+    body_bytes: int = 0
+    opened_at: float = 0.0
+    close_reason: str = ""
+
+    def __len__(self) -> int:
+        return len(self.items)

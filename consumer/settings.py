@@ -1,0 +1,242 @@
+"""Configuration: read once from the environment (12-factor), validated, then frozen.
+
+``Settings.from_env()`` raises :class:`~consumer.errors.ConfigError` whose message names the
+variable and what is wrong with it, so ``run`` fails fast instead of crash-looping later.
+
+Every variable the service reads is listed in :data:`ENV_VARS` (plus any ``KAFKA_<PROPERTY>``,
+passed to librdkafka as ``<property>`` with ``_`` → ``.``); deployment checks compare their
+ConfigMaps and compose files against it mechanically.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+from consumer.errors import ConfigError
+from consumer.records import Entity
+
+#: Default topic per entity.
+DEFAULT_TOPICS = {
+    Entity.AGENT: "asapp.metadata.agent",
+    Entity.CONVERSATION: "asapp.metadata.conversation",
+    Entity.CUSTOMER: "asapp.metadata.customer",
+}
+
+#: The API's hard maximum items per many-* request.
+API_MAX_ITEMS = 1000
+
+#: Variables read by name (``KAFKA_*`` pass-through properties come on top of these).
+ENV_VARS: frozenset[str] = frozenset(
+    {
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "KAFKA_GROUP_ID",
+        "TOPIC_AGENT",
+        "TOPIC_CONVERSATION",
+        "TOPIC_CUSTOMER",
+        "SCHEMA_REGISTRY_URL",
+        "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO",
+        "ASAPP_API_BASE_URL",
+        "ASAPP_API_ID",
+        "ASAPP_API_SECRET",
+        "BATCH_MAX_ITEMS",
+        "BATCH_MAX_BYTES",
+        "BATCH_LINGER_MS",
+        "MAX_IN_FLIGHT",
+        "MAX_BUFFERED_MESSAGES",
+        "RATE_LIMIT_RPS",
+        "DAILY_REQUEST_QUOTA",
+        "HTTP_TIMEOUT_S",
+        "RETRY_MAX_BACKOFF_S",
+        "MALFORMED_RESPONSE_MAX_ATTEMPTS",
+        "DLQ_TOPIC",
+        "METRICS_PORT",
+        "SHUTDOWN_TIMEOUT_S",
+        "REVOKE_TIMEOUT_S",
+        "COMMIT_TIMEOUT_S",
+        "HEALTH_STALL_TIMEOUT_S",
+        "LOG_FORMAT",
+        "LOG_LEVEL",
+    }
+)
+
+#: KAFKA_* names that are settings of ours rather than librdkafka properties.
+_OWN_KAFKA_VARS = {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_GROUP_ID"}
+
+#: librdkafka properties the service owns; setting them through KAFKA_* would break guarantees.
+_RESERVED_PROPERTIES = {"enable.auto.commit", "enable.auto.offset.store", "group.id"}
+
+#: Substrings that mark a property's value as secret (never logged).
+SECRET_MARKERS = ("password", "secret", "key", "token", "jaas", "credentials")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, lo: int, hi: int | None = None) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < lo or (hi is not None and value > hi):
+        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+        raise ConfigError(f"{name}={value} is out of range: must be {bound}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, lo: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not value >= lo:  # also rejects NaN
+        raise ConfigError(f"{name}={value} is out of range: must be >= {lo}")
+    return value
+
+
+def _required(env: Mapping[str, str], name: str, hint: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name} is required: {hint}")
+    return value
+
+
+def _url(env: Mapping[str, str], name: str, default: str | None) -> str | None:
+    raw = env.get(name, "").strip() or default
+    if raw is None:
+        return None
+    parsed = urlparse(raw)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"{name}={raw!r} is not an http(s) URL")
+    return raw.rstrip("/")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (env.get(name, "").strip() or default).lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The service's whole configuration. Build with :meth:`from_env`; never mutated."""
+
+    bootstrap_servers: str
+    api_id: str
+    api_secret: str = field(repr=False)
+    group_id: str = "asapp-metadata-consumer"
+    topics: Mapping[Entity, tuple[str, ...]] = field(
+        default_factory=lambda: {e: (t,) for e, t in DEFAULT_TOPICS.items()}
+    )
+    kafka_properties: Mapping[str, str] = field(default_factory=dict, repr=False)
+    schema_registry_url: str | None = None
+    schema_registry_auth: str | None = field(default=None, repr=False)
+    api_base_url: str = "https://api.sandbox.asapp.com"
+    batch_max_items: int = API_MAX_ITEMS
+    batch_max_bytes: int = 1_000_000
+    batch_linger_ms: int = 1000
+    max_in_flight: int = 16
+    max_buffered_messages: int = 50_000
+    rate_limit_rps: float = 90.0
+    daily_request_quota: int = 50_000
+    http_timeout_s: float = 30.0
+    retry_max_backoff_s: float = 60.0
+    malformed_response_max_attempts: int = 5
+    dlq_topic: str = "asapp.metadata.dlq"
+    metrics_port: int = 9400
+    shutdown_timeout_s: float = 25.0
+    revoke_timeout_s: float = 10.0
+    commit_timeout_s: float = 5.0
+    health_stall_timeout_s: float = 60.0
+    log_format: str = "json"
+    log_level: str = "INFO"
+
+    @property
+    def topic_entities(self) -> dict[str, Entity]:
+        """Topic name → entity, for every enabled topic."""
+        return {t: e for e, ts in self.topics.items() for t in ts}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the environment. Raises ConfigError naming the bad variable."""
+        env = os.environ if env is None else env
+        topics: dict[Entity, tuple[str, ...]] = {}
+        for entity, default in DEFAULT_TOPICS.items():
+            name = f"TOPIC_{entity.name}"
+            raw = env.get(name)
+            raw = default if raw is None else raw
+            names = tuple(t.strip() for t in raw.split(",") if t.strip())
+            if names:
+                topics[entity] = names
+        if not topics:
+            raise ConfigError(
+                "TOPIC_AGENT, TOPIC_CONVERSATION and TOPIC_CUSTOMER are all empty: enable at "
+                "least one entity"
+            )
+        seen: dict[str, Entity] = {}
+        for entity, names in topics.items():
+            for t in names:
+                if t in seen:
+                    raise ConfigError(
+                        f"topic {t!r} is configured for both TOPIC_{seen[t].name} and "
+                        f"TOPIC_{entity.name}"
+                    )
+                seen[t] = entity
+
+        kafka_properties: dict[str, str] = {}
+        for key, value in env.items():
+            if key.startswith("KAFKA_") and key not in _OWN_KAFKA_VARS:
+                prop = key[len("KAFKA_") :].lower().replace("_", ".")
+                if prop in _RESERVED_PROPERTIES:
+                    raise ConfigError(
+                        f"{key} sets {prop!r}, which the service manages itself; remove it"
+                    )
+                kafka_properties[prop] = value
+
+        dlq_topic = env.get("DLQ_TOPIC", "").strip() or "asapp.metadata.dlq"
+        if dlq_topic in seen:
+            raise ConfigError(f"DLQ_TOPIC={dlq_topic!r} is also a source topic")
+
+        shutdown_timeout_s = _float(env, "SHUTDOWN_TIMEOUT_S", 25.0, lo=1.0)
+        return cls(
+            bootstrap_servers=_required(
+                env, "KAFKA_BOOTSTRAP_SERVERS", "set it to host:port[,host:port] of your brokers"
+            ),
+            group_id=env.get("KAFKA_GROUP_ID", "").strip() or "asapp-metadata-consumer",
+            topics=topics,
+            kafka_properties=kafka_properties,
+            schema_registry_url=_url(env, "SCHEMA_REGISTRY_URL", None),
+            schema_registry_auth=env.get("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO") or None,
+            api_base_url=_url(env, "ASAPP_API_BASE_URL", "https://api.sandbox.asapp.com")
+            or "https://api.sandbox.asapp.com",
+            api_id=_required(env, "ASAPP_API_ID", "the asapp-api-id issued for your app"),
+            api_secret=_required(
+                env, "ASAPP_API_SECRET", "the asapp-api-secret issued for your app"
+            ),
+            batch_max_items=_int(env, "BATCH_MAX_ITEMS", API_MAX_ITEMS, lo=1, hi=API_MAX_ITEMS),
+            batch_max_bytes=_int(env, "BATCH_MAX_BYTES", 1_000_000, lo=1024),
+            batch_linger_ms=_int(env, "BATCH_LINGER_MS", 1000, lo=0),
+            max_in_flight=_int(env, "MAX_IN_FLIGHT", 16, lo=1, hi=256),
+            max_buffered_messages=_int(env, "MAX_BUFFERED_MESSAGES", 50_000, lo=1000),
+            rate_limit_rps=_float(env, "RATE_LIMIT_RPS", 90.0, lo=0.01),
+            daily_request_quota=_int(env, "DAILY_REQUEST_QUOTA", 50_000, lo=0),
+            http_timeout_s=_float(env, "HTTP_TIMEOUT_S", 30.0, lo=0.1),
+            retry_max_backoff_s=_float(env, "RETRY_MAX_BACKOFF_S", 60.0, lo=0.1),
+            malformed_response_max_attempts=_int(env, "MALFORMED_RESPONSE_MAX_ATTEMPTS", 5, lo=1),
+            dlq_topic=dlq_topic,
+            metrics_port=_int(env, "METRICS_PORT", 9400, lo=0, hi=65535),
+            shutdown_timeout_s=shutdown_timeout_s,
+            revoke_timeout_s=_float(env, "REVOKE_TIMEOUT_S", 10.0, lo=0.1),
+            commit_timeout_s=_float(env, "COMMIT_TIMEOUT_S", 5.0, lo=0.1),
+            health_stall_timeout_s=_float(env, "HEALTH_STALL_TIMEOUT_S", 60.0, lo=1.0),
+            log_format=_choice(env, "LOG_FORMAT", "json", ("json", "text")),
+            log_level=_choice(
+                env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")
+            ).upper(),
+        )
