@@ -1,0 +1,286 @@
+"""Message bytes → Avro record: the only fastavro reader and the only schema-registry user.
+
+Two wire formats, one per decoder, both behind the :class:`Decoder` protocol:
+
+- :class:`PlainAvroDecoder`: the value is a schemaless Avro body written with our own
+  ``schemas/<entity>.avsc``.
+- :class:`RegistryAvroDecoder`: the Confluent wire format, ``0x00`` + 4-byte big-endian schema
+  id + schemaless Avro body. The writer schema is fetched by id from the registry, parsed once
+  and cached per id, then resolved against our reader schema, so a producer that adds or drops
+  optional fields keeps decoding (unknown writer fields are dropped, missing ones take the
+  reader's default ``null``).
+
+Error contract of ``decode()`` (the caller acts on the class, the text is for the DLQ header):
+
+- :class:`~consumer.errors.DecodeError` (dead-letter this message): no value, empty value, bytes
+  that are not an Avro body for the schema, wrong magic byte, a frame shorter than 5 bytes, a
+  schema id the registry says does not exist (HTTP 404 with SR code 40403), a writer schema that
+  is not Avro, does not parse, or does not resolve against the reader schema, a truncated body,
+  trailing bytes after the record. Nothing else escapes for bad bytes: any exception fastavro
+  raises while reading is translated to ``DecodeError``.
+- :class:`~consumer.errors.RegistryUnavailable` (retry later, never dead-letter): anything else
+  that goes wrong while fetching a writer schema. What ``SchemaRegistryClient.get_schema`` raises
+  (confluent-kafka 2.16, ``schema_registry/_sync/schema_registry_client.py``): after its own
+  retries, ``httpx.TransportError`` subclasses (``ConnectError``, ``TimeoutException``, ...;
+  from ``httpx2`` when that package is installed, see ``common/_httpx_compat.py``) when the
+  registry cannot be reached; ``SchemaRegistryError(http_status_code, error_code, message)`` for
+  any non-2xx answer (5xx, 429, 401/403, and 404 with 40403 for an unknown id); ``ValueError``
+  or ``TypeError`` for a malformed answer; ``OAuthTokenError`` when a token cannot be fetched.
+  Only the definitive "schema not found" (404 + 40403) is the message's fault; a 404 without
+  that code (e.g. a wrong base URL answering HTML) and every other failure are an outage or a
+  misconfiguration that must not dead-letter good messages.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import fastavro
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+from consumer.errors import DecodeError, RegistryUnavailable
+from consumer.records import Entity
+from consumer.schemas import ParsedSchema, reader_schema
+
+try:  # the HTTP library the registry client really uses (httpx2 when installed, else httpx)
+    from confluent_kafka.schema_registry.common._httpx_compat import httpx as _sr_httpx
+
+    _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (_sr_httpx.TransportError, OSError)
+except ImportError:  # pragma: no cover - layout of another confluent-kafka release
+    _TRANSPORT_ERRORS = (OSError,)
+
+MAGIC_BYTE = 0
+"""First byte of the Confluent wire format."""
+HEADER_BYTES = 5
+"""Magic byte + 4-byte big-endian schema id."""
+SCHEMA_NOT_FOUND = 40403
+"""Schema registry error code for "schema id not found"."""
+_MAX_REASON_CHARS = 160
+
+
+class Decoder(Protocol):
+    """Turns one Kafka message value into an Avro record (a dict shaped by our reader schema)."""
+
+    def decode(self, value: bytes | None) -> dict[str, Any]:
+        """Return the record. Raises ``DecodeError`` (bad message) or ``RegistryUnavailable``."""
+        ...
+
+
+class RegisteredSchemaLike(Protocol):
+    """What the decoder reads from a registry's schema object (confluent's ``Schema``)."""
+
+    @property
+    def schema_str(self) -> str | None: ...
+
+    @property
+    def schema_type(self) -> str | None: ...
+
+
+class SchemaRegistryLike(Protocol):
+    """The one registry call the decoder makes; ``SchemaRegistryClient`` satisfies it."""
+
+    def get_schema(self, schema_id: int) -> RegisteredSchemaLike: ...
+
+
+def registry_client(
+    url: str,
+    basic_auth_user_info: str | None,
+    *,
+    timeout_s: float = 10.0,
+    max_retries: int = 2,
+) -> SchemaRegistryLike:
+    """Build a real ``SchemaRegistryClient`` for ``url`` (comma-separated URLs fail over).
+
+    ``basic_auth_user_info`` is ``"user:password"`` or ``None``. ``max_retries`` bounds the
+    client's own retries (its default, 3 with waits up to 20 s, would stall the poll loop); the
+    pipeline retries a ``RegistryUnavailable`` itself. Raises ``ValueError`` for a malformed
+    URL or credentials (the client's own check).
+    """
+    conf: dict[str, Any] = {
+        "url": url,
+        "timeout": timeout_s,
+        "max.retries": max_retries,
+        "retries.wait.ms": 200,
+        "retries.max.wait.ms": 2000,
+    }
+    if basic_auth_user_info:
+        conf["basic.auth.credentials.source"] = "USER_INFO"
+        conf["basic.auth.user.info"] = basic_auth_user_info
+    return SchemaRegistryClient(conf)
+
+
+def _short(exc: BaseException) -> str:
+    """``Type: message`` cut to a length that fits a DLQ header and a log line."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text if len(text) <= _MAX_REASON_CHARS else text[: _MAX_REASON_CHARS - 3] + "..."
+
+
+def _read(
+    value: bytes, start: int, writer: ParsedSchema, reader: ParsedSchema | None, what: str
+) -> dict[str, Any]:
+    """Read exactly one record from ``value[start:]``; every failure becomes ``DecodeError``."""
+    buf = io.BytesIO(value)
+    buf.seek(start)
+    try:
+        record = fastavro.schemaless_reader(buf, writer, reader)
+    except fastavro.read.SchemaResolutionError as exc:
+        raise DecodeError(f"{what} does not resolve against the reader schema: {exc}") from exc
+    except (EOFError, StopIteration) as exc:
+        raise DecodeError(f"truncated Avro body ({len(value) - start} bytes) for {what}") from exc
+    except Exception as exc:  # fastavro raises many types on garbage: all mean a bad message
+        raise DecodeError(f"invalid Avro body for {what}: {_short(exc)}") from exc
+    end = buf.tell()
+    if end != len(value):
+        raise DecodeError(f"{len(value) - end} trailing bytes after the Avro record ({what})")
+    if not isinstance(record, dict):  # pragma: no cover - our schemas are records
+        raise DecodeError(f"{what} did not decode to a record")
+    return record
+
+
+def _require_value(value: bytes | None) -> bytes:
+    if value is None:
+        raise DecodeError("message has no value (tombstone or null)")
+    if not value:
+        raise DecodeError("message value is empty")
+    return value
+
+
+class PlainAvroDecoder:
+    """Schemaless Avro written with our own ``schemas/<entity>.avsc`` (no framing)."""
+
+    __slots__ = ("_schema", "_what", "entity")
+
+    def __init__(self, entity: Entity) -> None:
+        self.entity = entity
+        self._schema = reader_schema(entity)
+        self._what = f"{entity.value}.avsc"
+
+    def decode(self, value: bytes | None) -> dict[str, Any]:
+        """Return the record; raises ``DecodeError`` for anything that is not exactly one record."""
+        return _read(_require_value(value), 0, self._schema, None, self._what)
+
+
+@dataclass(frozen=True, slots=True)
+class _Writer:
+    """A usable writer schema; ``reader`` is None when it equals our reader (no resolution)."""
+
+    schema: ParsedSchema
+    reader: ParsedSchema | None
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejected:
+    """A schema id that is a bad message; ``until`` is a monotonic deadline, None = forever."""
+
+    reason: str
+    until: float | None
+
+
+class RegistryAvroDecoder:
+    """Confluent wire format: writer schema by id from the registry, resolved to our reader.
+
+    Writer schemas are fetched once per id and cached for the life of the decoder (registry
+    ids are immutable). Ids the registry reports missing are remembered for
+    ``missing_ttl_s`` so a burst of such messages does not hammer the registry; ids whose
+    schema is unusable (not Avro, does not parse) are remembered for good. Registry outages
+    are never cached: the next call asks again.
+    """
+
+    __slots__ = ("_cache", "_client", "_clock", "_missing_ttl_s", "_reader", "_rejected", "entity")
+
+    def __init__(
+        self,
+        entity: Entity,
+        client: SchemaRegistryLike,
+        *,
+        missing_ttl_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.entity = entity
+        self._client = client
+        self._reader = reader_schema(entity)
+        self._missing_ttl_s = missing_ttl_s
+        self._clock = clock
+        self._cache: dict[int, _Writer] = {}
+        self._rejected: dict[int, _Rejected] = {}
+
+    def decode(self, value: bytes | None) -> dict[str, Any]:
+        """Return the record. Raises ``DecodeError`` or ``RegistryUnavailable`` (module doc)."""
+        value = _require_value(value)
+        if len(value) < HEADER_BYTES:
+            raise DecodeError(
+                f"frame too short: {len(value)} bytes (Confluent header is {HEADER_BYTES})"
+            )
+        if value[0] != MAGIC_BYTE:
+            raise DecodeError(
+                f"unknown magic byte 0x{value[0]:02x} (expected 0x00: Confluent wire format)"
+            )
+        schema_id = int.from_bytes(value[1:HEADER_BYTES], "big")
+        writer = self._cache.get(schema_id)
+        if writer is None:
+            writer = self._writer(schema_id)
+        return _read(value, HEADER_BYTES, writer.schema, writer.reader, writer.what)
+
+    def _writer(self, schema_id: int) -> _Writer:
+        """Fetch, parse and cache the writer schema for ``schema_id`` (cache miss path)."""
+        rejected = self._rejected.get(schema_id)
+        if rejected is not None:
+            if rejected.until is None or self._clock() < rejected.until:
+                raise DecodeError(rejected.reason)
+            del self._rejected[schema_id]
+        try:
+            registered = self._client.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404 and exc.error_code == SCHEMA_NOT_FOUND:
+                reason = f"schema id {schema_id} not found in the schema registry"
+                self._rejected[schema_id] = _Rejected(reason, self._clock() + self._missing_ttl_s)
+                raise DecodeError(reason) from exc
+            raise RegistryUnavailable(
+                f"schema registry answered HTTP {exc.http_status_code} (SR code "
+                f"{exc.error_code}) for schema id {schema_id}: {exc.error_message}"
+            ) from exc
+        except _TRANSPORT_ERRORS as exc:
+            raise RegistryUnavailable(
+                f"schema registry unreachable fetching schema id {schema_id}: {_short(exc)}"
+            ) from exc
+        except Exception as exc:  # malformed answer, token failure...: the registry's fault
+            raise RegistryUnavailable(
+                f"schema registry failed fetching schema id {schema_id}: {_short(exc)}"
+            ) from exc
+        try:
+            writer = self._parse(schema_id, registered)
+        except DecodeError as exc:
+            self._rejected[schema_id] = _Rejected(str(exc), None)
+            raise
+        self._cache[schema_id] = writer
+        return writer
+
+    def _parse(self, schema_id: int, registered: RegisteredSchemaLike) -> _Writer:
+        """Turn the registry's answer into a parsed writer schema, or raise ``DecodeError``."""
+        schema_type = registered.schema_type or "AVRO"
+        if schema_type.upper() != "AVRO":
+            raise DecodeError(f"schema id {schema_id} is a {schema_type} schema, not AVRO")
+        text = registered.schema_str
+        if not text:
+            raise DecodeError(f"schema id {schema_id} has an empty schema")
+        try:
+            parsed = fastavro.parse_schema(json.loads(text))
+        except Exception as exc:  # JSON or Avro syntax, unknown (referenced) named types
+            raise DecodeError(
+                f"writer schema id {schema_id} does not parse: {_short(exc)}"
+                + (" (schema references are not supported)" if "Unknown type" in str(exc) else "")
+            ) from exc
+        if not isinstance(parsed, dict) or parsed.get("type") != "record":
+            raise DecodeError(f"writer schema id {schema_id} is not an Avro record schema")
+        what = f"writer schema id {schema_id}"
+        same = fastavro.schema.to_parsing_canonical_form(
+            parsed
+        ) == fastavro.schema.to_parsing_canonical_form(self._reader)
+        return _Writer(parsed, None if same else self._reader, what)

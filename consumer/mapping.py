@@ -1,0 +1,140 @@
+"""Avro record → API item: the dict that goes, as one element of ``items``, to the batch endpoint.
+
+Contracts of :func:`to_item`:
+
+- Only the API's own fields are copied, from an explicit list per entity (the order of the
+  spec's component properties); anything else in the record is ignored. Keys keep that order,
+  so the same record always yields the same item (and the same JSON bytes).
+- A field that is absent or ``None`` is omitted, never sent as ``null``.
+- ``startTs`` (a ``datetime`` from fastavro's ``timestamp-millis``, or epoch milliseconds)
+  becomes an ISO-8601 UTC string with milliseconds, e.g. ``2022-07-08T11:15:53.237Z``; a naive
+  ``datetime`` is taken as UTC.
+- ``attributes`` becomes a new list of ``{"name", "value"}`` dicts; ``languages`` and
+  ``companySegment`` become new lists; enum-valued fields are sent as strings.
+- ``eventId`` is always set: the record's own ``eventId`` when it is a non-empty string, else
+  :func:`fallback_event_id` of the message's position, so every result the API returns can be
+  matched back to its message.
+- The item is not checked against the API's patterns and lengths (that is validation's job);
+  a value of a type no Avro record can carry (e.g. a ``startTs`` string) or a timestamp
+  outside years 1-9999 raises :class:`~consumer.errors.ValidationError`.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from consumer.errors import ValidationError
+from consumer.records import Entity
+
+FIELDS: dict[Entity, tuple[str, ...]] = {
+    Entity.AGENT: (
+        "externalAgentId", "eventId", "startTs", "lobId", "lobName", "groupId", "groupName",
+        "agentName", "agentLocation", "supervisorId", "supervisorName", "languages",
+        "concurrency", "categoryLabel", "accountAccessLevel", "ranking", "vendor", "jobTitle",
+        "jobRole", "workShift", "emailAddress", "attributes",
+    ),
+    Entity.CONVERSATION: (
+        "externalConversationId", "eventId", "lobId", "lobName", "groupId", "groupName",
+        "agentRoutingCode", "campaign", "deviceType", "platform", "companySegment",
+        "companySubdivision", "businessRule", "entryType", "operatingSystem", "browserType",
+        "browserVersion", "attributes",
+    ),
+    Entity.CUSTOMER: (
+        "externalConversationId", "externalCustomerId", "eventId", "status", "phoneNumber",
+        "emailAddress", "userId", "addressCountry", "addressState", "addressZipcode",
+        "attributes",
+    ),
+}  # fmt: skip
+"""The API's item fields per entity, in the spec's order (a test checks them against it)."""
+
+_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@functools.lru_cache(maxsize=256)
+def _safe_topic(topic: str) -> str:
+    return _UNSAFE.sub("-", topic)
+
+
+def fallback_event_id(topic: str, partition: int, offset: int) -> str:
+    """``<topic>-<partition>-<offset>`` with every char outside ``[a-zA-Z0-9_-]`` made ``-``.
+
+    Unique per message within a cluster and stable across redeliveries, so a retried message
+    carries the same id. Example: ``asapp.metadata.agent``, 0, 42 → ``asapp-metadata-agent-0-42``.
+    """
+    # ints render as digits and "-" only, so the topic is the one part that needs sanitising
+    return f"{_safe_topic(topic)}-{partition}-{offset}"
+
+
+def iso_utc_millis(value: datetime | int) -> str:
+    """Format a ``datetime`` (naive = UTC) or epoch milliseconds as ``YYYY-MM-DDTHH:MM:SS.mmmZ``.
+
+    Raises ``ValidationError`` for another type or a time outside years 1-9999.
+    """
+    if isinstance(value, datetime):
+        dt = value if value.tzinfo is None else value.astimezone(UTC)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        try:
+            dt = _EPOCH + timedelta(milliseconds=value)
+        except OverflowError as exc:
+            raise ValidationError(f"timestamp {value} ms is out of range") from exc
+    else:
+        raise ValidationError(f"timestamp must be a datetime or epoch millis, not {type(value)}")
+    return (
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T"
+        f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}.{dt.microsecond // 1000:03d}Z"
+    )
+
+
+def _attributes(value: Any) -> list[dict[str, Any]]:
+    try:
+        return [{"name": a["name"], "value": a["value"]} for a in value]
+    except (TypeError, KeyError) as exc:
+        raise ValidationError(f"attributes must be a list of {{name, value}}: {exc}") from exc
+
+
+def _enum_or_str(value: Any) -> Any:
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "startTs": iso_utc_millis,
+    "attributes": _attributes,
+    "languages": list,
+    "companySegment": list,
+    "deviceType": _enum_or_str,
+    "platform": _enum_or_str,
+    "operatingSystem": _enum_or_str,
+}
+
+# Per entity: (field, converter or None) pairs, eventId excluded (always set, see to_item).
+_PLAN: dict[Entity, tuple[tuple[str, Callable[[Any], Any] | None], ...]] = {
+    entity: tuple((name, _CONVERT.get(name)) for name in names) for entity, names in FIELDS.items()
+}
+
+
+def to_item(
+    entity: Entity, record: Mapping[str, Any], *, topic: str, partition: int, offset: int
+) -> dict[str, Any]:
+    """Build the API item for one decoded record (contract in the module docstring)."""
+    item: dict[str, Any] = {}
+    get = record.get
+    for name, convert in _PLAN[entity]:
+        if name == "eventId":
+            event_id = get("eventId")
+            item["eventId"] = (
+                event_id
+                if isinstance(event_id, str) and event_id
+                else fallback_event_id(topic, partition, offset)
+            )
+            continue
+        value = get(name)
+        if value is None:
+            continue
+        item[name] = value if convert is None else convert(value)
+    return item
