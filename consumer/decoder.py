@@ -110,7 +110,6 @@ def registry_client(
         "retries.max.wait.ms": 2000,
     }
     if basic_auth_user_info:
-        conf["basic.auth.credentials.source"] = "USER_INFO"
         conf["basic.auth.user.info"] = basic_auth_user_info
     return SchemaRegistryClient(conf)
 
@@ -288,7 +287,11 @@ class RegistryAvroDecoder:
         except Exception as exc:  # JSON or Avro syntax, unknown (referenced) named types
             raise DecodeError(
                 f"writer schema id {schema_id} does not parse: {_short(exc)}"
-                + (" (schema references are not supported)" if "Unknown type" in str(exc) else "")
+                + (
+                    " (schema references are not supported)"
+                    if isinstance(exc, fastavro.schema.UnknownType)
+                    else ""
+                )
             ) from exc
         if not isinstance(parsed, dict) or parsed.get("type") != "record":
             raise DecodeError(f"writer schema id {schema_id} is not an Avro record schema")

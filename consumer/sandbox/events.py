@@ -22,9 +22,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fastavro
+from fastavro.types import Schema as AvroSchema
 
 from consumer.records import Entity
-from consumer.schemas import ParsedSchema, reader_schema
+from consumer.schemas import reader_schema
 
 __all__ = ["encode_confluent", "encode_plain", "generate"]
 
@@ -186,7 +187,7 @@ def encode_plain(entity: Entity, record: Mapping[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def encode_confluent(schema_id: int, schema: ParsedSchema, record: Mapping[str, Any]) -> bytes:
+def encode_confluent(schema_id: int, schema: AvroSchema, record: Mapping[str, Any]) -> bytes:
     """Confluent wire format: ``0x00`` + 4-byte big-endian ``schema_id`` + schemaless body.
 
     ``schema`` is the writer schema (any schema, e.g. an evolved one), ideally already parsed
