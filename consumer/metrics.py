@@ -29,7 +29,7 @@ _CODE_PREFIX = re.compile(r"^\s*([A-Z][A-Z0-9_]{1,40})")
 
 
 def error_code_prefix(error: str) -> str:
-    """Bounded label for an API per-item error: ``FAIL_BAD_PARAMS: ERROR: x`` → ``FAIL_BAD_PARAMS``."""
+    """Bounded label for an API item error: ``FAIL_BAD_PARAMS: ERROR: x`` → ``FAIL_BAD_PARAMS``."""
     match = _CODE_PREFIX.match(error)
     return match.group(1) if match else "OTHER"
 

@@ -7,11 +7,12 @@ finishes an item (delivery or dead letter) can tell the offset tracker which mes
 from __future__ import annotations
 
 import enum
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 
-class Entity(str, enum.Enum):
+class Entity(enum.StrEnum):
     """The three kinds of metadata ASAPP ingests; the value is the settings/topic suffix."""
 
     AGENT = "agent"
@@ -85,6 +86,7 @@ class Item:
     payload: dict[str, Any]
     body: bytes
     message: Message
+    generation: int = 0  # assignment generation of its partition when it was consumed
 
     @property
     def position(self) -> Position:
@@ -100,6 +102,37 @@ class Batch:
     body_bytes: int = 0
     opened_at: float = 0.0
     close_reason: str = ""
+    generation: int = 0  # assignment generation the items were consumed in
+    cancel: threading.Event = field(default_factory=threading.Event)  # give up (revoke/stop)
+    retrying: bool = False  # set by the sender while the batch waits to be retried
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that can never succeed, with why. ``reason`` is one of ``decode``,
+    ``validation``, ``rejected``, ``http``; ``error`` is the human-readable cause."""
+
+    message: Message
+    entity: Entity
+    reason: str
+    error: str
+    http_status: int | None = None
+
+
+@dataclass(slots=True)
+class Completion:
+    """What became of a batch: handed from a sender thread back to the poll loop.
+
+    Every item of the batch is in exactly one of ``delivered``, ``dead`` or ``abandoned``
+    (abandoned: given up on revoke/shutdown, neither delivered nor dead-lettered, so its
+    offset must not be committed).
+    """
+
+    batch: Batch
+    delivered: list[Item] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    abandoned: list[Item] = field(default_factory=list)
+    acked_at: float = 0.0

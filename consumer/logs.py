@@ -1,0 +1,72 @@
+"""Structured logging: JSON lines (default, for containers) or plain text.
+
+Lifecycle events carry an ``event`` field (assign, revoke, commit, commit_failed,
+backoff_start, backoff_end, dead_letter, stop, ...); message-scoped lines carry topic,
+partition and offset. Payloads and secrets are never logged: callers pass positions, reasons
+and error texts only, and :func:`scrub` masks the configured secrets should one slip into a
+foreign library's message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class _Scrubber:
+    def __init__(self) -> None:
+        self.secrets: list[str] = []
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret and secret in text:
+                text = text.replace(secret, "***")
+        return text
+
+
+scrub = _Scrubber()
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg and any ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": scrub(record.getMessage()),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = scrub(self.formatException(record.exc_info))
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
+
+
+def setup(fmt: str = "json", level: str = "INFO", secrets: Iterable[str] = ()) -> None:
+    """Configure the root logger once, writing to stderr."""
+    scrub.secrets = [s for s in secrets if s and len(s) >= 4]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
