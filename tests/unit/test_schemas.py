@@ -139,3 +139,16 @@ def test_invalid_record_fails_validation() -> None:
     assert not validate(bad, reader_schema(Entity.AGENT), raise_errors=False)
     missing = {k: v for k, v in _example(Entity.CUSTOMER).items() if k != "externalCustomerId"}
     assert not validate(missing, reader_schema(Entity.CUSTOMER), raise_errors=False)
+
+
+def test_missing_schema_files_raise_a_clear_fatal_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import consumer.schemas as schemas
+
+    monkeypatch.setattr(schemas, "_PACKAGED_DIR", "no-such-dir")
+    monkeypatch.setattr(schemas, "_CHECKOUT_DIR", tmp_path)
+    with pytest.raises(schemas.SchemaFilesMissing, match="no Avro schema for entity 'agent'"):
+        schemas.schema_text.__wrapped__(Entity.AGENT)
+    (tmp_path / "agent.avsc").write_text('{"type": "record", "name": "A", "fields": []}')
+    assert "A" in schemas.schema_text.__wrapped__(Entity.AGENT), "falls back to the checkout"
