@@ -1,0 +1,450 @@
+"""The emulated ASAPP API: a real server on port 0, driven with a real httpx client."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from consumer.records import Entity
+from consumer.sandbox.api import REJECTION, EmulatedApi, Faults, FaultStep, steps
+
+AUTH = {"asapp-api-id": "id-1", "asapp-api-secret": "secret-1"}
+MANY_AGENT = "/metadata-ingestion/v1/many-agent-metadata"
+SINGLE = "/metadata-ingestion/v1/single-{}-metadata"
+
+
+@pytest.fixture
+def api() -> Iterator[EmulatedApi]:
+    with EmulatedApi(api_id="id-1", api_secret="secret-1", retry_after_s=2) as server:
+        yield server
+
+
+@pytest.fixture
+def client(api: EmulatedApi) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api.url, headers=AUTH, timeout=5) as c:
+        yield c
+
+
+def agents(*ids: str, **extra: Any) -> dict[str, Any]:
+    return {"items": [{"externalAgentId": i, "eventId": f"evt-{i}", **extra} for i in ids]}
+
+
+def error_code(response: httpx.Response) -> str:
+    body = response.json()
+    assert set(body["error"]) == {"requestId", "message", "code"}
+    code: str = body["error"]["code"]
+    return code
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="missing"),
+        pytest.param({"asapp-api-id": "id-1"}, id="no-secret"),
+        pytest.param({"asapp-api-id": "id-1", "asapp-api-secret": "wrong"}, id="wrong-secret"),
+        pytest.param({"asapp-api-id": "other", "asapp-api-secret": "secret-1"}, id="wrong-id"),
+    ],
+)
+def test_bad_credentials_get_401(api: EmulatedApi, headers: dict[str, str]) -> None:
+    with httpx.Client(base_url=api.url, headers=headers) as c:
+        response = c.post(MANY_AGENT, json=agents("a1"))
+    assert response.status_code == 401
+    assert error_code(response) == "401-01"
+    assert response.json()["error"]["message"] == "Unauthorized"
+    assert api.items(Entity.AGENT) == []
+
+
+def test_all_ok_batch(api: EmulatedApi, client: httpx.Client) -> None:
+    response = client.post(MANY_AGENT, json=agents("a1", "a2", "a3"))
+    assert response.status_code == 200
+    assert response.json() == {
+        "errorCount": 0,
+        "results": [{"eventId": f"evt-a{n}", "error": ""} for n in (1, 2, 3)],
+    }
+    assert [i["externalAgentId"] for i in api.items(Entity.AGENT)] == ["a1", "a2", "a3"]
+    assert response.headers["content-type"] == "application/json"
+
+
+def test_partial_success_is_200_in_item_order(api: EmulatedApi, client: httpx.Client) -> None:
+    body = {"items": [{"externalAgentId": "ok-1"}, {"externalAgentId": "bad id"}, {}]}
+    response = client.post(MANY_AGENT, json=body)
+    assert response.status_code == 200
+    data = response.json()
+    assert data["errorCount"] == 2
+    errors = [r["error"] for r in data["results"]]
+    assert errors[0] == ""
+    assert errors[1] == r"FAIL_BAD_PARAMS: ERROR: externalAgentId: does not match [a-zA-Z0-9\-\_]+"
+    assert errors[2] == "FAIL_BAD_PARAMS: ERROR: externalAgentId: is required"
+    assert all(len(r["eventId"]) == 36 for r in data["results"])  # generated UUIDs
+    assert api.items(Entity.AGENT) == [{"externalAgentId": "ok-1"}]
+
+
+def test_all_bad_is_400_with_results(api: EmulatedApi, client: httpx.Client) -> None:
+    response = client.post(MANY_AGENT, json=agents("a 1", "a 2"))
+    assert response.status_code == 400
+    data = response.json()
+    assert data["errorCount"] == 2
+    assert [r["eventId"] for r in data["results"]] == ["evt-a 1", "evt-a 2"]
+    assert api.items(Entity.AGENT) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"items": []}, id="empty"),
+        pytest.param({"items": [{"externalAgentId": f"a{i}"} for i in range(1001)]}, id="1001"),
+        pytest.param({"item": [{"externalAgentId": "a1"}]}, id="no-items-key"),
+        pytest.param([{"externalAgentId": "a1"}], id="bare-list"),
+    ],
+)
+def test_batch_shape_errors_are_generic_400(
+    api: EmulatedApi, client: httpx.Client, body: Any
+) -> None:
+    response = client.post(MANY_AGENT, json=body)
+    assert response.status_code == 400
+    assert error_code(response) == "400-01"
+    assert api.items(Entity.AGENT) == []
+
+
+def test_exactly_1000_items_are_accepted(api: EmulatedApi, client: httpx.Client) -> None:
+    response = client.post(MANY_AGENT, json=agents(*(f"a{i}" for i in range(1000))))
+    assert response.status_code == 200
+    assert api.accepted_count(Entity.AGENT) == 1000
+
+
+def test_non_json_body_is_400(client: httpx.Client) -> None:
+    response = client.post(MANY_AGENT, content=b"{not json", headers={"content-type": "x"})
+    assert response.status_code == 400
+    assert error_code(response) == "400-01"
+
+
+@pytest.mark.parametrize(
+    ("suffix", "entity", "item"),
+    [
+        pytest.param("agent", Entity.AGENT, {"externalAgentId": "a1"}, id="agent"),
+        pytest.param("convo", Entity.CONVERSATION, {"externalConversationId": "c1"}, id="convo"),
+        pytest.param(
+            "customer",
+            Entity.CUSTOMER,
+            {"externalConversationId": "c1", "externalCustomerId": "jdoe@x.com"},
+            id="customer",
+        ),
+    ],
+)
+def test_single_endpoints(
+    api: EmulatedApi, client: httpx.Client, suffix: str, entity: Entity, item: dict[str, Any]
+) -> None:
+    ok = client.post(SINGLE.format(suffix), json={**item, "eventId": "e-1"})
+    assert ok.status_code == 200
+    assert ok.json() == {"result": {"eventId": "e-1", "error": ""}}
+    bad = client.post(SINGLE.format(suffix), json={**item, "unknownField": 1})
+    assert bad.status_code == 400
+    assert bad.json()["result"]["error"] == "FAIL_BAD_PARAMS: ERROR: unknownField: unknown field"
+    assert api.items(entity) == [{**item, "eventId": "e-1"}]
+
+
+def test_many_endpoints_route_to_their_entity(api: EmulatedApi, client: httpx.Client) -> None:
+    convo = {"items": [{"externalConversationId": "c1"}]}
+    assert client.post("/metadata-ingestion/v1/many-convo-metadata", json=convo).status_code == 200
+    # an agent item on the customer endpoint is not a customer item
+    wrong = client.post("/metadata-ingestion/v1/many-customer-metadata", json=agents("a1"))
+    assert wrong.status_code == 400
+    assert api.items(Entity.CONVERSATION) == [{"externalConversationId": "c1"}]
+    assert api.items(Entity.CUSTOMER) == []
+
+
+def test_unknown_path_and_method(client: httpx.Client) -> None:
+    assert client.post("/metadata-ingestion/v1/many-robot-metadata", json={}).status_code == 404
+    response = client.get(MANY_AGENT)
+    assert response.status_code == 405
+    assert error_code(response) == "405-01"
+
+
+def test_body_size_limit_413_keeps_the_connection() -> None:
+    with (
+        EmulatedApi(api_id="id-1", api_secret="secret-1", max_body_bytes=200) as api,
+        httpx.Client(base_url=api.url, headers=AUTH) as c,
+    ):
+        big = c.post(MANY_AGENT, json=agents(*(f"agent-{i}" for i in range(20))))
+        small = c.post(MANY_AGENT, json=agents("a1"))
+    assert big.status_code == 413
+    assert error_code(big) == "413-01"
+    assert small.status_code == 200
+    assert [r.status for r in api.requests()] == [413, 200]
+    assert api.requests()[0].body_bytes > 200
+
+
+def test_rate_limit_429_with_retry_after() -> None:
+    now = [100.0]
+    with (
+        EmulatedApi(
+            api_id="id-1",
+            api_secret="secret-1",
+            rate_limit_rps=2,
+            retry_after_s=3,
+            clock=lambda: now[0],
+        ) as api,
+        httpx.Client(base_url=api.url, headers=AUTH) as c,
+    ):
+        statuses = [c.post(MANY_AGENT, json=agents("a1")).status_code for _ in range(3)]
+        limited = c.post(MANY_AGENT, json=agents("a1"))
+        now[0] += 0.5  # one token refilled at 2 req/s
+        after_wait = c.post(MANY_AGENT, json=agents("a1"))
+    assert statuses == [200, 200, 429]
+    assert limited.status_code == 429
+    assert limited.headers["retry-after"] == "3"
+    assert error_code(limited) == "429-01"
+    assert after_wait.status_code == 200
+    assert api.accepted_count(Entity.AGENT) == 3
+
+
+def test_status_sequence_then_normal(api: EmulatedApi, client: httpx.Client) -> None:
+    api.set_faults(Faults(sequence=steps(503, 503, 429, 500)))
+    responses = [client.post(MANY_AGENT, json=agents("a1")) for _ in range(5)]
+    assert [r.status_code for r in responses] == [503, 503, 429, 500, 200]
+    assert [error_code(r) for r in responses[:4]] == ["503-01", "503-01", "429-01", "500-01"]
+    assert responses[0].json()["error"]["message"] == "Service Unavailable"
+    assert responses[2].headers["retry-after"] == "2"  # the server's retry_after_s
+    assert [r.fault for r in api.requests()] == [
+        "sequence:503",
+        "sequence:503",
+        "sequence:429",
+        "sequence:500",
+        None,
+    ]
+    assert api.items(Entity.AGENT) == [{"externalAgentId": "a1", "eventId": "evt-a1"}]
+
+
+def test_fault_retry_after_overrides_and_fractions(api: EmulatedApi, client: httpx.Client) -> None:
+    api.set_faults(Faults(sequence=steps(429), retry_after_s=0.25))
+    response = client.post(MANY_AGENT, json=agents("a1"))
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "0.25"
+
+
+def test_reset_closes_without_answer(api: EmulatedApi, client: httpx.Client) -> None:
+    api.set_faults(Faults(sequence=steps("reset")))
+    with pytest.raises(httpx.TransportError):
+        client.post(MANY_AGENT, json=agents("a1"))
+    assert client.post(MANY_AGENT, json=agents("a2")).status_code == 200  # new connection
+    assert [(r.status, r.fault) for r in api.requests()] == [(0, "sequence:reset"), (200, None)]
+    assert [i["externalAgentId"] for i in api.items(Entity.AGENT)] == ["a2"]
+
+
+def test_malformed_is_200_with_non_json(api: EmulatedApi, client: httpx.Client) -> None:
+    api.set_faults(Faults(sequence=steps("malformed")))
+    response = client.post(MANY_AGENT, json=agents("a1"))
+    assert response.status_code == 200
+    with pytest.raises(ValueError):
+        response.json()
+    assert api.items(Entity.AGENT) == []  # nothing was ingested
+
+
+def test_timeout_hangs_longer_than_the_client(api: EmulatedApi, client: httpx.Client) -> None:
+    api.set_faults(Faults(sequence=steps("timeout"), hang_s=5))
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        client.post(MANY_AGENT, json=agents("a1"), timeout=0.3)
+    assert 0.3 <= time.monotonic() - started < 2
+
+
+def test_per_step_latency(api: EmulatedApi, client: httpx.Client) -> None:
+    api.set_faults(Faults(sequence=(FaultStep("ok", latency_ms=300),)))
+    started = time.monotonic()
+    response = client.post(MANY_AGENT, json=agents("a1"))
+    assert response.status_code == 200
+    assert time.monotonic() - started >= 0.3
+
+
+def test_added_latency(api: EmulatedApi, client: httpx.Client) -> None:
+    api.set_faults(Faults(latency_ms=150))
+    started = time.monotonic()
+    client.post(MANY_AGENT, json=agents("a1"))
+    client.post(MANY_AGENT, json=agents("a2"))
+    assert time.monotonic() - started >= 0.3
+
+
+def test_echo_event_ids_false(api: EmulatedApi, client: httpx.Client) -> None:
+    api.set_faults(Faults(echo_event_ids=False))
+    response = client.post(MANY_AGENT, json=agents("a1", "a2"))
+    ids = [r["eventId"] for r in response.json()["results"]]
+    assert response.status_code == 200
+    assert "evt-a1" not in ids and "evt-a2" not in ids
+    assert len(set(ids)) == 2 and all(len(i) == 36 for i in ids)
+
+
+def test_injected_rejections(api: EmulatedApi, client: httpx.Client) -> None:
+    api.set_faults(Faults(reject_rate=1.0))
+    all_rejected = client.post(MANY_AGENT, json=agents("a1", "a2"))
+    assert all_rejected.status_code == 400
+    assert {r["error"] for r in all_rejected.json()["results"]} == {REJECTION}
+    api.set_faults(Faults(reject_rate=0.5, seed=1))
+    some = client.post(MANY_AGENT, json=agents(*(f"a{i}" for i in range(100))))
+    data = some.json()
+    assert some.status_code == 200
+    assert 20 < data["errorCount"] < 80
+    assert len(api.items(Entity.AGENT)) == 100 - data["errorCount"]
+
+
+def test_random_errors_and_resets(api: EmulatedApi, client: httpx.Client) -> None:
+    api.set_faults(Faults(error_rate=1.0, error_statuses=(502,)))
+    assert client.post(MANY_AGENT, json=agents("a1")).status_code == 502
+    api.set_faults(Faults(reset_rate=1.0))
+    with pytest.raises(httpx.TransportError):
+        client.post(MANY_AGENT, json=agents("a1"))
+    assert api.stats()["faults_injected"] == 2
+
+
+@pytest.mark.parametrize(
+    ("faults", "status"),
+    [
+        pytest.param(Faults(reject_credentials=True), 401, id="reject-credentials"),
+        pytest.param(Faults(forbidden=True), 403, id="forbidden"),
+    ],
+)
+def test_credential_flags(
+    api: EmulatedApi, client: httpx.Client, faults: Faults, status: int
+) -> None:
+    api.set_faults(faults)
+    response = client.post(MANY_AGENT, json=agents("a1"))
+    assert response.status_code == status
+    assert error_code(response) == f"{status}-01"
+
+
+def test_count_only_mode() -> None:
+    with (
+        EmulatedApi(api_id="id-1", api_secret="secret-1", record_items=False) as api,
+        httpx.Client(base_url=api.url, headers=AUTH) as c,
+    ):
+        c.post(MANY_AGENT, json=agents("a1", "a2"))
+        items = c.get("/_emulator/items", params={"entity": "agent"}).json()
+    assert items == []
+    assert api.accepted_count(Entity.AGENT) == 2
+
+
+def test_control_endpoints(api: EmulatedApi, client: httpx.Client) -> None:
+    bare = httpx.Client(base_url=api.url)  # no auth needed
+    assert bare.get("/_emulator/health").json() == {"status": "ok"}
+    config = {"sequence": [503, {"status": "ok", "latency_ms": 5}], "reject_rate": 0.0}
+    posted = bare.post("/_emulator/faults", json=config)
+    assert posted.status_code == 200
+    assert bare.get("/_emulator/faults").json()["sequence"] == [
+        503,
+        {"status": "ok", "latency_ms": 5.0},
+    ]
+    assert bare.post("/_emulator/faults", json={"nope": 1}).status_code == 400
+    # the rejected config did not replace the accepted one
+    assert client.post(MANY_AGENT, json=agents("a1")).status_code == 503
+    assert client.post(MANY_AGENT, json=agents("a1")).status_code == 200
+    client.post("/metadata-ingestion/v1/many-convo-metadata", json={"items": [{"x": 1}]})
+
+    assert bare.get("/_emulator/items", params={"entity": "agent"}).json() == [
+        {"externalAgentId": "a1", "eventId": "evt-a1"}
+    ]
+    assert bare.get("/_emulator/items", params={"entity": "robot"}).status_code == 400
+    requests = bare.get("/_emulator/requests").json()
+    assert [(r["entity"], r["status"], r["item_count"]) for r in requests] == [
+        ("agent", 503, 0),
+        ("agent", 200, 1),
+        ("conversation", 400, 1),
+    ]
+    assert requests[1]["body_bytes"] > 0
+    assert requests[0]["t_monotonic"] <= requests[1]["t_monotonic"]
+    stats = bare.get("/_emulator/stats").json()
+    assert stats["requests"] == 3
+    assert stats["statuses"] == {"200": 1, "400": 1, "503": 1}
+    assert stats["entities"]["agent"]["items_accepted"] == 1
+    assert stats["entities"]["conversation"]["items_rejected"] == 1
+
+    bare.post("/_emulator/faults", json={"sequence": [500]})
+    assert bare.post("/_emulator/reset").status_code == 200
+    assert bare.get("/_emulator/items", params={"entity": "agent"}).json() == []
+    assert bare.get("/_emulator/requests").json() == []
+    assert bare.get("/_emulator/faults").json()["sequence"] == []  # faults cleared too
+    assert client.post(MANY_AGENT, json=agents("a1")).status_code == 200
+    bare.close()
+
+
+def test_faults_from_dict_rejects_bad_config() -> None:
+    with pytest.raises(ValueError, match="unknown fault keys"):
+        Faults.from_dict({"error_rat": 0.1})
+    with pytest.raises(ValueError, match="error_rate"):
+        Faults.from_dict({"error_rate": 2})
+    with pytest.raises(ValueError, match="fault step"):
+        Faults.from_dict({"sequence": ["explode"]})
+    round_trip = Faults.from_dict({"sequence": [429, "reset"], "retry_after_s": 1})
+    assert Faults.from_dict(round_trip.to_dict()) == round_trip
+
+
+def test_keep_alive_reuses_one_connection(api: EmulatedApi, client: httpx.Client) -> None:
+    for n in range(5):
+        assert client.post(MANY_AGENT, json=agents(f"a{n}")).status_code == 200
+    clients = {r.client for r in api.requests()}
+    assert len(clients) == 1 and clients != {""}
+    with httpx.Client(base_url=api.url, headers=AUTH) as other:
+        other.post(MANY_AGENT, json=agents("b1"))
+    assert len({r.client for r in api.requests()}) == 2
+
+
+def test_stop_ends_hanging_requests_and_connections() -> None:
+    api = EmulatedApi(faults=Faults(sequence=steps("timeout"), hang_s=30)).start()
+    client = httpx.Client(base_url=api.url, timeout=10)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            client.post(MANY_AGENT, json=agents("a1"))
+        except httpx.HTTPError as exc:
+            errors.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    api.stop()
+    caller.join(timeout=5)
+    assert time.monotonic() - started < 3
+    assert len(errors) == 1
+    with pytest.raises(httpx.TransportError):
+        httpx.post(f"{api.url}{MANY_AGENT}", json=agents("a1"), timeout=1)
+    client.close()
+
+
+def test_cli_prints_ready_line_and_stops_on_sigterm() -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "consumer.sandbox.api",
+            "--port",
+            "0",
+            "--api-id",
+            "X",
+            "--api-secret",
+            "Y",
+            "--faults",
+            '{"sequence": [503]}',
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line.startswith("emulated ASAPP API listening on http://127.0.0.1:")
+        url = line.rsplit(" ", 1)[1]
+        headers = {"asapp-api-id": "X", "asapp-api-secret": "Y"}
+        assert httpx.post(url + MANY_AGENT, json=agents("a1"), headers=headers).status_code == 503
+        assert httpx.post(url + MANY_AGENT, json=agents("a1"), headers=headers).status_code == 200
+        proc.terminate()
+        assert proc.wait(timeout=5) == 0
+    finally:
+        proc.kill()
+        proc.wait()
