@@ -19,6 +19,7 @@ terminates the process (kill after a bounded wait) and removes the temporary dir
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import socket
 import subprocess
@@ -66,8 +67,11 @@ def free_port() -> int:
 
 
 def find_binary(binary: str | None = None) -> str:
-    """The Prometheus server binary, or :class:`PrometheusError` with an install hint."""
-    found = binary or shutil.which("prometheus") or DEFAULT_BINARY
+    """The Prometheus server binary, or :class:`PrometheusError` with an install hint.
+
+    Looks at ``binary``, then ``$PROMETHEUS``, then ``PATH``, then :data:`DEFAULT_BINARY`.
+    """
+    found = binary or os.environ.get("PROMETHEUS") or shutil.which("prometheus") or DEFAULT_BINARY
     if not Path(found).is_file():
         raise PrometheusError(f"Prometheus server not found at {found}: {INSTALL_HINT}")
     return found

@@ -3,11 +3,12 @@
 Metric names come mechanically from the real exposition (:mod:`tests.monitoring.artifacts`), so
 renaming or removing an instrument in ``consumer/metrics.py`` breaks these tests instead of
 silently emptying a panel or an alert. promtool must be installed: a missing binary fails with
-an install hint rather than skipping.
+an install hint rather than skipping. ``PROMTOOL`` overrides the binary's path.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -29,9 +30,9 @@ SEVERITIES = {"critical", "warning", "info"}
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    found = shutil.which("promtool") or "/usr/bin/promtool"
+    found = os.environ.get("PROMTOOL") or shutil.which("promtool") or "/usr/bin/promtool"
     if not Path(found).is_file():
-        pytest.fail(PROMTOOL_HINT)
+        pytest.fail(f"{PROMTOOL_HINT}; looked for {found}")
     return found
 
 
