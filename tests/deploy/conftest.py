@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +63,9 @@ def find_tool(name: str, env_var: str | None = None) -> str:
     pytest.fail(f"{name} is not installed. Install it with:\n  {INSTALL_HINTS[name]}", False)
 
 
-def run(cmd: list[str], *, timeout_s: float = 120, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: list[str], *, timeout_s: float = 120, cwd: Path = REPO
+) -> subprocess.CompletedProcess[str]:
     """Run a command, capturing text output; never raises on a non-zero exit."""
     return subprocess.run(
         cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout_s, check=False
@@ -161,8 +162,17 @@ def checkov_reports(
         manifest.write_text(render.text, encoding="utf-8")
         # --skip-download: no calls to any vendor platform; the bundled checks are enough.
         result = run(
-            [checkov, "-f", str(manifest), "--framework", "kubernetes", "--compact",
-             "--skip-download", "--output", "json"],
+            [
+                checkov,
+                "-f",
+                str(manifest),
+                "--framework",
+                "kubernetes",
+                "--compact",
+                "--skip-download",
+                "--output",
+                "json",
+            ],
             timeout_s=300,
             cwd=workdir,
         )
@@ -178,13 +188,3 @@ def checkov_reports(
 def compose_file() -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text("utf-8"))
     return doc
-
-
-@pytest.fixture()
-def chdir_repo() -> Iterator[None]:
-    old = Path.cwd()
-    os.chdir(REPO)
-    try:
-        yield
-    finally:
-        os.chdir(old)

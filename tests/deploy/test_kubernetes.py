@@ -174,17 +174,37 @@ def test_every_rendered_manifest_validates(rendered: dict[str, Rendered], overla
 def test_crd_checks_catch_missing_fields() -> None:
     """The hand-written checks are not vacuous: broken custom resources are reported."""
     broken = [
-        {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "x"},
-         "spec": {"triggers": [{"type": "kafka", "metadata": {"topic": "t"}}]}},
-        {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
-         "metadata": {"name": "x"}, "spec": {"endpoints": []}},
-        {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
-         "metadata": {"name": "x"}, "spec": {"groups": [{"name": "g", "rules": [{"alert": "A"}]}]}},
-        {"apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret", "metadata": {},
-         "spec": {}},
+        {
+            "apiVersion": "keda.sh/v1alpha1",
+            "kind": "ScaledObject",
+            "metadata": {"name": "x"},
+            "spec": {"triggers": [{"type": "kafka", "metadata": {"topic": "t"}}]},
+        },
+        {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "ServiceMonitor",
+            "metadata": {"name": "x"},
+            "spec": {"endpoints": []},
+        },
+        {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "PrometheusRule",
+            "metadata": {"name": "x"},
+            "spec": {"groups": [{"name": "g", "rules": [{"alert": "A"}]}]},
+        },
+        {
+            "apiVersion": "external-secrets.io/v1",
+            "kind": "ExternalSecret",
+            "metadata": {},
+            "spec": {},
+        },
         {"apiVersion": "example.com/v1", "kind": "Unknown", "metadata": {"name": "x"}},
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
-         "spec": {"selector": {}, "template": {}, "bogus": 1}},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "x"},
+            "spec": {"selector": {}, "template": {}, "bogus": 1},
+        },
     ]
     for doc in broken:
         assert _validate(doc), f"{doc['kind']} with missing fields passed validation"
@@ -320,7 +340,9 @@ def test_references_resolve(rendered: dict[str, Rendered], overlay: str) -> None
     monitor = render.one("ServiceMonitor")["spec"]
     service = render.one("Service")
     assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    assert {e["port"] for e in monitor["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
+    assert {e["port"] for e in monitor["endpoints"]} <= {
+        p["name"] for p in service["spec"]["ports"]
+    }
 
     (env_from,) = render.container["envFrom"]
     assert env_from["configMapRef"]["name"] == render.one("ConfigMap")["metadata"]["name"]
