@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.deploy.conftest import (
@@ -149,6 +153,22 @@ def test_prometheus_scrapes_consumer_and_loads_alerts(compose_file: dict[str, An
     targets = [t for sc in consumer_job["static_configs"] for t in sc["targets"]]
     assert targets == [f"consumer:{port}"]
     assert consumer_job.get("metrics_path", "/metrics") == "/metrics"
+
+
+def test_promtool_accepts_the_prometheus_config(tmp_path: Path) -> None:
+    """`promtool check config`, with the rule file path pointed at the repository's copy."""
+    promtool = os.environ.get("PROMTOOL") or shutil.which("promtool") or "/usr/bin/promtool"
+    if not Path(promtool).is_file():
+        pytest.fail(
+            "promtool is not installed. Install it with:\n  apt-get install -y prometheus",
+            False,
+        )
+    load_alert_groups()
+    text = (MONITORING / "prometheus.yml").read_text("utf-8")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(text.replace("/etc/prometheus/alerts.yml", str(MONITORING / "alerts.yml")))
+    result = run([promtool, "check", "config", str(config)])
+    assert result.returncode == 0, f"promtool:\n{result.stdout}{result.stderr}"
 
 
 def test_grafana_provisions_the_dashboard(compose_file: dict[str, Any]) -> None:
