@@ -35,8 +35,8 @@ PARTITIONS_PER_TOPIC = 6
 KUBERNETES_VERSION = "1.31.0"
 
 INSTALL_HINTS = {
-    "kubectl": "kubectl (with its built-in kustomize) is part of the machine image; install "
-    "kubectl >= 1.27 from your distribution or the Kubernetes release packages",
+    "kubectl": "install kubectl >= 1.27 (it includes kustomize) from your distribution or "
+    "the Kubernetes release packages",
     "checkov": "python3 -m venv /opt/checkov && /opt/checkov/bin/pip install -r "
     "tests/deploy/requirements-checkov.txt && ln -sf /opt/checkov/bin/checkov "
     "/usr/local/bin/checkov   (or set CHECKOV_BIN)",
