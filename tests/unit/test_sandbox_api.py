@@ -448,3 +448,17 @@ def test_cli_prints_ready_line_and_stops_on_sigterm() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_non_object_items_and_blank_event_ids(api: EmulatedApi, client: httpx.Client) -> None:
+    body = {"items": [7, {"externalAgentId": "a1", "eventId": ""}, {"externalAgentId": "a2"}]}
+    response = client.post(MANY_AGENT, json=body)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["error"] for r in results] == [
+        "FAIL_BAD_PARAMS: ERROR: item: must be object",
+        r"FAIL_BAD_PARAMS: ERROR: eventId: does not match [a-zA-Z0-9\-\_]+",
+        "",
+    ]
+    assert all(len(r["eventId"]) == 36 for r in results)  # none usable: all generated
+    assert api.items(Entity.AGENT) == [{"externalAgentId": "a2"}]
