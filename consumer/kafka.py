@@ -288,3 +288,9 @@ class DeadLetterProducer:
     def flush(self, timeout_s: float) -> int:
         """Wait up to ``timeout_s`` for outstanding dead letters; returns how many remain."""
         return int(self._producer.flush(timeout_s))
+
+    def close(self) -> None:
+        """Drop whatever is still unacknowledged (its offsets were not committed, so it will be
+        dead-lettered again after restart) so the producer's teardown cannot block exit."""
+        self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+        self._producer.flush(0)

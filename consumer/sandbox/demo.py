@@ -1,0 +1,186 @@
+"""``metadata-consumer demo``: the whole service on this machine, no Docker, no network.
+
+Starts the local broker and the emulated ASAPP API (and, for ``--wire-format confluent``, the
+schema registry stand-in), creates the topics, produces realistic events for each entity (one
+in ``--bad-every`` deliberately bad, to show dead-lettering), runs the real service until every
+message is delivered or dead-lettered and committed, then prints a summary. Exit status 0 when
+every produced message is accounted for.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import Consumer
+from confluent_kafka import TopicPartition as KTopicPartition
+
+from consumer import logs
+from consumer.records import Entity
+from consumer.sandbox.api import EmulatedApi
+from consumer.sandbox.broker import LocalBroker
+from consumer.sandbox.produce import create_topics, produce_events, register_schemas
+from consumer.settings import DEFAULT_TOPICS, Settings
+
+DLQ_TOPIC = "asapp.metadata.dlq"
+PARTITIONS = 3
+API_ID, API_SECRET = "demo-app", "demo-secret-value"
+
+
+def committed_offsets(bootstrap: str, topics: list[str], group: str) -> dict[str, int]:
+    """The group's committed offset per ``topic[partition]`` (0 when none)."""
+    probe = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
+    try:
+        parts = [KTopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
+        return {
+            f"{c.topic}[{c.partition}]": max(c.offset, 0) for c in probe.committed(parts, timeout=5)
+        }
+    finally:
+        probe.close()
+
+
+def count_dead_letters(bootstrap: str) -> dict[str, int]:
+    """Dead-letter records per ``dlq.reason`` header, read from the DLQ topic."""
+    reader = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "demo-dlq-reader", "enable.auto.commit": False}
+    )
+    counts: dict[str, int] = {}
+    try:
+        parts = [KTopicPartition(DLQ_TOPIC, p, 0) for p in range(PARTITIONS)]
+        todo = {p.partition: reader.get_watermark_offsets(p, timeout=5)[1] for p in parts}
+        todo = {p: h for p, h in todo.items() if h > 0}
+        reader.assign(parts)
+        deadline = time.monotonic() + 20
+        while todo and time.monotonic() < deadline:
+            m = reader.poll(0.2)
+            if m is None or m.error():
+                continue
+            reason = dict(m.headers() or []).get("dlq.reason", b"?").decode()
+            counts[reason] = counts.get(reason, 0) + 1
+            if m.offset() + 1 >= todo.get(m.partition(), 0):
+                todo.pop(m.partition(), None)
+    finally:
+        reader.close()
+    return counts
+
+
+@dataclass(slots=True)
+class _Progress:
+    done: bool = False
+    timed_out: bool = False
+
+
+def run_demo(
+    *, events: int, wire_format: str, bad_every: int, timeout_s: float, hold_s: float
+) -> int:
+    from consumer.cli import build_service, install_signal_handlers
+
+    logs.setup("text", os.environ.get("LOG_LEVEL", "INFO").upper())
+    workdir = Path(tempfile.mkdtemp(prefix="metadata-consumer-demo-"))
+    registry = None
+    with (
+        LocalBroker(log_path=workdir / "broker.log") as broker,
+        EmulatedApi(api_id=API_ID, api_secret=API_SECRET) as api,
+    ):
+        bootstrap = broker.bootstrap_servers
+        print(f"local broker on {bootstrap}; emulated ASAPP API on {api.url}")
+        topics = list(DEFAULT_TOPICS.values())
+        create_topics(bootstrap, [*topics, DLQ_TOPIC], partitions=PARTITIONS)
+        schema_ids = None
+        if wire_format == "confluent":
+            from consumer.sandbox.registry import SchemaRegistryStandIn
+
+            registry = SchemaRegistryStandIn().start()
+            schema_ids = register_schemas(registry.url)
+            print(f"schema registry stand-in on {registry.url}: ids {[*schema_ids.values()]}")
+        started = time.monotonic()
+        produced = produce_events(
+            bootstrap, count=events, schema_ids=schema_ids, bad_every=bad_every
+        )
+        print(
+            f"produced {produced.total} events ({sum(produced.bad.values())} deliberately bad) "
+            f"in {time.monotonic() - started:.1f}s ({wire_format} Avro)"
+        )
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "KAFKA_GROUP_ID": "asapp-metadata-consumer-demo",
+            # The local broker completes a first JoinGroup after session.timeout.ms / 2.
+            "KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "ASAPP_API_BASE_URL": api.url,
+            "ASAPP_API_ID": API_ID,
+            "ASAPP_API_SECRET": API_SECRET,
+            "DLQ_TOPIC": DLQ_TOPIC,
+            "BATCH_LINGER_MS": "250",
+            "METRICS_PORT": os.environ.get("METRICS_PORT", "0"),
+            "LOG_FORMAT": "text",
+        }
+        if registry is not None:
+            env["SCHEMA_REGISTRY_URL"] = registry.url
+        settings = Settings.from_env(env)
+        service = build_service(settings)
+        install_signal_handlers(service.pipeline)
+        print(f"service metrics on http://127.0.0.1:{service.health.port}/metrics")
+        progress = _Progress()
+        expected = produced.total
+        high = {k: v for k, v in produced.end_offsets.items()}
+        high.update({k: 0 for k in committed_offsets(bootstrap, topics, "unused") if k not in high})
+        run_started = time.monotonic()
+
+        def watch() -> None:
+            deadline = run_started + timeout_s
+            while not service.pipeline.stopping:
+                finished = service.pipeline.delivered_items + service.pipeline.dead_lettered
+                if finished >= expected:
+                    committed = committed_offsets(bootstrap, topics, settings.group_id)
+                    if all(committed.get(k, 0) >= v for k, v in high.items()):
+                        progress.done = True
+                        break
+                if time.monotonic() > deadline:
+                    progress.timed_out = True
+                    break
+                time.sleep(0.25)
+            if progress.done and hold_s > 0:
+                print(f"all delivered; serving metrics {hold_s:.0f}s more")
+                time.sleep(hold_s)
+            service.pipeline.request_stop()
+
+        watcher = threading.Thread(target=watch, name="demo-watch", daemon=True)
+        watcher.start()
+        service.run()
+        elapsed = time.monotonic() - run_started
+        committed = committed_offsets(bootstrap, topics, settings.group_id)
+        dead = count_dead_letters(bootstrap)
+        stats = api.stats()
+        if registry is not None:
+            registry.stop()
+
+    accepted = {e: stats["entities"][e.value]["items_accepted"] for e in Entity}
+    requests = stats["requests"]
+    good = sum(produced.good.values())
+    ok = (
+        progress.done
+        and sum(accepted.values()) == good
+        and sum(dead.values()) == sum(produced.bad.values())
+        and high == committed
+    )
+    print("\n=== demo summary ===")
+    for e in Entity:
+        t = DEFAULT_TOPICS[e]
+        print(
+            f"{e.value:<13} produced {produced.good[t] + produced.bad[t]:>6}  "
+            f"accepted by API {accepted[e]:>6}  (bad on purpose: {produced.bad[t]})"
+        )
+    print(f"dead-lettered   {sum(dead.values())} by reason {dead}")
+    print(f"API requests    {requests} ({good / max(requests, 1):.0f} items/request on average)")
+    print(f"committed       {'== end offsets' if high == committed else f'{committed} != {high}'}")
+    print(f"time            {elapsed:.1f}s from start to everything committed")
+    print("result          " + ("OK: every event delivered or dead-lettered" if ok else "FAILED"))
+    sys.stdout.flush()
+    return 0 if ok else 1
