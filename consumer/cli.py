@@ -25,7 +25,12 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from consumer import logs
 from consumer.batcher import Batcher
-from consumer.decoder import PlainAvroDecoder, RegistryAvroDecoder, registry_client
+from consumer.decoder import (
+    GuardedRegistry,
+    PlainAvroDecoder,
+    RegistryAvroDecoder,
+    registry_client,
+)
 from consumer.errors import ConfigError, ConsumerError
 from consumer.health import HealthServer, Probe
 from consumer.kafka import DeadLetterProducer, KafkaSource
@@ -72,7 +77,9 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
     metrics.daily_quota.set(settings.daily_request_quota)
     decoders: dict[Entity, Decoder] = {}
     if settings.schema_registry_url:
-        client = registry_client(settings.schema_registry_url, settings.schema_registry_auth)
+        client = GuardedRegistry(
+            registry_client(settings.schema_registry_url, settings.schema_registry_auth)
+        )
         decoders = {e: RegistryAvroDecoder(e, client) for e in settings.topics}
     else:
         decoders = {e: PlainAvroDecoder(e) for e in settings.topics}

@@ -191,6 +191,49 @@ class _Rejected:
     until: float | None
 
 
+class RegistryBreakerOpen(Exception):
+    """Raised by :class:`GuardedRegistry` while it refuses to call a failing registry."""
+
+
+class GuardedRegistry:
+    """A circuit breaker around the registry client, shared by every entity's decoder.
+
+    After an outage-like failure (anything but "schema not found"), calls fail fast for
+    ``cooldown_s`` instead of each cache miss blocking the poll loop on the client's timeouts
+    and retries; the pipeline holds those messages and retries them later.
+    """
+
+    def __init__(
+        self,
+        client: SchemaRegistryLike,
+        *,
+        cooldown_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._cooldown_s = cooldown_s
+        self._clock = clock
+        self._open_until = 0.0
+        self._last = ""
+
+    def get_schema(self, schema_id: int) -> RegisteredSchemaLike:
+        if self._clock() < self._open_until:
+            raise RegistryBreakerOpen(f"not retried yet after: {self._last}")
+        try:
+            return self._client.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            if not (exc.http_status_code == 404 and exc.error_code == SCHEMA_NOT_FOUND):
+                self._trip(exc)
+            raise
+        except Exception as exc:
+            self._trip(exc)
+            raise
+
+    def _trip(self, exc: BaseException) -> None:
+        self._open_until = self._clock() + self._cooldown_s
+        self._last = _short(exc)
+
+
 class RegistryAvroDecoder:
     """Confluent wire format: writer schema by id from the registry, resolved to our reader.
 

@@ -68,5 +68,7 @@ def setup(fmt: str = "json", level: str = "INFO", secrets: Iterable[str] = ()) -
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    # Per-request INFO lines of the HTTP clients (ours and the schema registry's) would drown
+    # the lifecycle events; their failures reach us as exceptions and are logged once.
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

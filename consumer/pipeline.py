@@ -152,6 +152,7 @@ class Pipeline:
         self._generation = 0
         self._inflight: dict[int, tuple[Batch, frozenset[TopicPartition]]] = {}
         self._paused: set[TopicPartition] = set()
+        self._fresh: set[TopicPartition] = set()
         self._held: dict[TopicPartition, deque[Message]] = {}
         self._held_until: dict[TopicPartition, float] = {}
         self._held_attempts: dict[TopicPartition, int] = {}
@@ -259,6 +260,9 @@ class Pipeline:
         for tp in tps:
             self._tp_generation[tp] = self._generation
         self.assigned.update(tps)
+        # Newly assigned partitions start unpaused as far as we know; make librdkafka agree at
+        # the next turn (pause/resume only apply once the assignment is in effect).
+        self._fresh.update(tps)
         self.metrics.assigned_partitions.set(len(self.assigned))
         log.info(
             "partitions assigned", extra={"event": "assign", "partitions": [str(t) for t in tps]}
@@ -274,22 +278,23 @@ class Pipeline:
         if not self._closing:
             for batch in self.batcher.flush("revoke"):
                 self._submit(batch)
-            deadline = self.clock() + self.config.revoke_timeout_s
+            # The bound covers waiting and the commit: keep part of it for the commit.
+            commit_budget = min(self.config.commit_timeout_s, self.config.revoke_timeout_s / 2)
+            deadline = self.clock() + self.config.revoke_timeout_s - commit_budget
 
             def settled() -> bool:
                 if any(parts & revoked for _, parts in self._inflight.values()):
                     return False
-                return (
-                    not any(d.message.position.tp in revoked for _, d in self._dlq_retry)
-                    and not self._dlq_unacked
+                return not self._dlq_unacked and not any(
+                    d.message.position.tp in revoked for _, d in self._dlq_retry
                 )
 
-            self._wait_for(settled, deadline - self.config.commit_timeout_s / 2)
+            self._wait_for(settled, deadline)
             self._cancel(lambda parts: bool(parts & revoked))
             self.dlq.flush(0.5)
             self.dlq.poll()
             self._drain_completions()
-            self.commit(only=revoked, final=True)
+            self.commit(only=revoked, final=True, timeout_s=commit_budget)
         self._release(revoked)
 
     def on_lost(self, tps: list[TopicPartition]) -> None:
@@ -300,6 +305,11 @@ class Pipeline:
         self._release(lost)
 
     def _release(self, tps: set[TopicPartition]) -> None:
+        # librdkafka keeps a partition's pause flag across a rebalance: a paused partition
+        # re-assigned to us would never be fetched again. Resume while it is still ours.
+        paused = self._paused & tps
+        if paused:
+            self.source.resume(paused)
         self.tracker.forget(tps)
         for tp in tps:
             self._held.pop(tp, None)
@@ -586,7 +596,8 @@ class Pipeline:
                     want |= parts
             want &= self.assigned
         to_pause = want - self._paused
-        to_resume = self._paused - want
+        to_resume = (self._paused | (self._fresh & self.assigned)) - want
+        self._fresh.clear()
         if to_pause:
             self.source.pause(to_pause)
         if to_resume:
@@ -595,7 +606,13 @@ class Pipeline:
         self.metrics.paused_partitions.set(len(want))
         self.metrics.buffered_messages.set(pending)
 
-    def commit(self, *, only: set[TopicPartition] | None = None, final: bool = False) -> bool:
+    def commit(
+        self,
+        *,
+        only: set[TopicPartition] | None = None,
+        final: bool = False,
+        timeout_s: float | None = None,
+    ) -> bool:
         """Commit every partition whose committable offset advanced. Bounded in time; a failure
         is logged and retried at the next commit (offsets only ever move forward)."""
         offsets = self.tracker.to_commit()
@@ -608,7 +625,7 @@ class Pipeline:
             return True
         started = self.clock()
         try:
-            done = self.source.commit(offsets, self.config.commit_timeout_s)
+            done = self.source.commit(offsets, timeout_s or self.config.commit_timeout_s)
         except Exception as exc:  # KafkaException, TimeoutError: try again next time
             self.metrics.commits.labels("failed").inc()
             log.warning("commit failed: %s", exc, extra={"event": "commit_failed", "final": final})

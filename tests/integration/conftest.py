@@ -316,7 +316,8 @@ def start_service(env: Env, api: EmulatedApi, tmp_path: Path) -> Iterator[Callab
 def _health_up(service: Service) -> bool:
     if service.proc.poll() is not None:
         raise AssertionError(
-            f"service exited with {service.proc.returncode}:\n{service.log_path.read_text()[-3000:]}"
+            f"service exited with {service.proc.returncode}:\n"
+            f"{service.log_path.read_text()[-3000:]}"
         )
     try:
         return service.get("/healthz").status_code == 200
