@@ -72,20 +72,31 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         {
             k: v
             for k, v in common_config(settings).items()
-            if not k.startswith(
-                (
-                    "auto.",
-                    "session.",
-                    "heartbeat.",
-                    "max.poll",
-                    "fetch.",
-                    "partition.assignment",
-                    "group.",
-                )
-            )
+            if not k.startswith(_CONSUMER_ONLY_PREFIXES)
         }
     )
     return config
+
+
+#: librdkafka properties that only a consumer understands (prefixes).
+_CONSUMER_ONLY_PREFIXES = (
+    "auto.",
+    "session.",
+    "heartbeat.",
+    "max.poll",
+    "fetch.",
+    "partition.assignment",
+    "group.",
+    "isolation.level",
+    "max.partition.fetch",
+    "queued.",
+    "check.crcs",
+    "enable.partition.eof",
+    "allow.auto.create.topics",
+    "coordinator.query",
+    "offset.store",
+    "consume.callback",
+)
 
 
 def _tp(ktp: KTopicPartition) -> TopicPartition:
@@ -244,7 +255,7 @@ def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
         ("dlq.source.partition", str(pos.partition).encode()),
         ("dlq.source.offset", str(pos.offset).encode()),
         ("dlq.reason", dl.reason.encode()),
-        ("dlq.error", dl.error.encode("utf-8")[:1024]),
+        ("dlq.error", dl.error.encode("utf-8")[:1024].decode("utf-8", "ignore").encode("utf-8")),
         ("dlq.entity", dl.entity.value.encode()),
     ]
     if dl.message.timestamp_ms is not None:

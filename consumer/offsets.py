@@ -23,14 +23,14 @@ from consumer.records import Position, TopicPartition
 
 @dataclass(slots=True)
 class _PartitionState:
-    pending: deque[int] = field(default_factory=deque)  # consumed offsets, ascending
-    finished: set[int] = field(default_factory=set)  # finished, not yet at the head
+    pending: deque[int] = field(default_factory=deque)  # consumed offsets from the head on
+    unfinished: set[int] = field(default_factory=set)  # the pending ones not yet finished
     last_consumed: int = -1
     committed: int | None = None  # last next_offset committed (or found committed)
 
     def advance(self) -> None:
-        while self.pending and self.pending[0] in self.finished:
-            self.finished.discard(self.pending.popleft())
+        while self.pending and self.pending[0] not in self.unfinished:
+            self.pending.popleft()
 
     def committable(self) -> int | None:
         if self.pending:
@@ -50,19 +50,16 @@ class OffsetTracker:
         if position.offset <= state.last_consumed:
             raise ValueError(f"{position} consumed again after offset {state.last_consumed}")
         state.pending.append(position.offset)
+        state.unfinished.add(position.offset)
         state.last_consumed = position.offset
 
     def finish(self, position: Position) -> bool:
         """Mark a message delivered or dead-lettered. False if its partition is not tracked
         (revoked meanwhile) or the offset was never tracked or already finished."""
         state = self._parts.get(position.tp)
-        if state is None or position.offset > state.last_consumed:
+        if state is None or position.offset not in state.unfinished:
             return False
-        if not state.pending or position.offset < state.pending[0]:
-            return False
-        if position.offset in state.finished:
-            return False
-        state.finished.add(position.offset)
+        state.unfinished.discard(position.offset)
         state.advance()
         return True
 
@@ -73,8 +70,11 @@ class OffsetTracker:
         if state is None:
             return
         while state.pending and state.pending[-1] >= position.offset:
-            state.finished.discard(state.pending.pop())
-        state.last_consumed = state.pending[-1] if state.pending else position.offset - 1
+            state.unfinished.discard(state.pending.pop())
+        if state.pending:
+            state.last_consumed = state.pending[-1]
+        else:  # never move forward: offsets after last_consumed were not read yet
+            state.last_consumed = min(state.last_consumed, position.offset - 1)
 
     def committable(self, tp: TopicPartition) -> int | None:
         """The offset that may be committed for ``tp`` now (None if nothing was consumed)."""
@@ -82,11 +82,12 @@ class OffsetTracker:
         return state.committable() if state else None
 
     def pending_count(self, tp: TopicPartition | None = None) -> int:
-        """Messages consumed and not yet finished (for one partition, or all)."""
+        """Messages consumed and not yet finished (for one partition, or all); finished ones
+        waiting behind an unfinished head do not count."""
         if tp is not None:
             state = self._parts.get(tp)
-            return len(state.pending) if state else 0
-        return sum(len(s.pending) for s in self._parts.values())
+            return len(state.unfinished) if state else 0
+        return sum(len(s.unfinished) for s in self._parts.values())
 
     def to_commit(self) -> dict[TopicPartition, int]:
         """Partitions whose committable offset moved past the last committed one."""

@@ -23,6 +23,7 @@ when the server's ids do not match ours and the counts agree.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import time
@@ -150,6 +151,7 @@ class ApiSink:
         max_connections: int,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        self._secret = api_secret
         self._client = httpx.Client(
             base_url=base_url,
             headers={
@@ -191,13 +193,20 @@ class ApiSink:
                 time.monotonic() - started,
                 detail=f"network: {type(exc).__name__}: {exc}"[:300],
             )
-        return classify(
+        outcome = classify(
             items,
             response.status_code,
             response.content,
             response.headers.get("retry-after"),
             time.monotonic() - started,
         )
+        if self._secret and self._secret in outcome.detail:
+            # A proxy or debug page echoing request headers must not leak the secret into
+            # logs and dead-letter headers.
+            outcome = dataclasses.replace(
+                outcome, detail=outcome.detail.replace(self._secret, "***")
+            )
+        return outcome
 
 
 def classify(
