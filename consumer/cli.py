@@ -130,6 +130,7 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
         stopping=lambda: pipeline.stopping,
         stall_timeout_s=settings.health_stall_timeout_s,
     )
+    metrics.ready.set_function(lambda: 1.0 if probe.ready()[0] else 0.0)
     health = HealthServer(registry=registry, probe=probe, port=settings.metrics_port)
     return Service(settings, metrics, pipeline, health, sink, dead_letters, credentials)
 

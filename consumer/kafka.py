@@ -113,12 +113,15 @@ def to_message(m: KMessage) -> Message:
     """confluent_kafka.Message → our value type."""
     ts_type, ts = m.timestamp()
     headers = m.headers()
+    key, value = m.key(), m.value()
     return Message(
-        position=Position(m.topic(), m.partition(), m.offset()),
-        key=m.key(),
-        value=m.value(),
+        position=Position(str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)),
+        key=key.encode() if isinstance(key, str) else key,
+        value=value.encode() if isinstance(value, str) else value,
         timestamp_ms=ts if ts_type != 0 and ts >= 0 else None,
-        headers=tuple((k, v or b"") for k, v in headers) if headers else (),
+        headers=tuple((k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in headers)
+        if isinstance(headers, list)
+        else (),
     )
 
 
@@ -284,7 +287,7 @@ class DeadLetterProducer:
                 self.topic,
                 key=dl.message.key,
                 value=dl.message.value,
-                headers=dead_letter_headers(dl),
+                headers=list(dead_letter_headers(dl)),
                 on_delivery=report,
             )
         except BufferError:

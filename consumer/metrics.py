@@ -178,6 +178,10 @@ class Metrics:
         self._quota_lock = threading.Lock()
         self._quota_day = -1
         self._requests_today = 0
+        # Read at scrape time so the count drops to 0 at 00:00 UTC even with no traffic.
+        self.requests_today.set_function(self._requests_so_far_today)
+        self.start_time = gauge("start_time_seconds", "Unix time the consumer started.")
+        self.start_time.set(time.time())
 
     def count_request(self, now: float | None = None) -> None:
         """Count one API request against today's (UTC) quota."""
@@ -188,4 +192,9 @@ class Metrics:
                 self._quota_day = day
                 self._requests_today = 0
             self._requests_today += 1
-            self.requests_today.set(self._requests_today)
+
+    def _requests_so_far_today(self) -> float:
+        with self._quota_lock:
+            return float(
+                self._requests_today if int(time.time() // 86400) == self._quota_day else 0
+            )

@@ -31,7 +31,7 @@ class Backoff:
 
     def ceiling(self, attempt: int) -> float:
         """The un-jittered delay for ``attempt``: ``min(cap, base * 2**attempt)``."""
-        return min(self.cap_s, self.base_s * (2 ** min(attempt, 32)))
+        return float(min(self.cap_s, self.base_s * (2.0 ** min(attempt, 32))))
 
     def delay(self, attempt: int) -> float:
         top = self.ceiling(attempt)

@@ -62,10 +62,12 @@ def count_dead_letters(bootstrap: str) -> dict[str, int]:
             m = reader.poll(0.2)
             if m is None or m.error():
                 continue
-            reason = dict(m.headers() or []).get("dlq.reason", b"?").decode()
+            raw = dict(m.headers() or []).get("dlq.reason") or b"?"
+            reason = raw.decode() if isinstance(raw, bytes) else raw
             counts[reason] = counts.get(reason, 0) + 1
-            if m.offset() + 1 >= todo.get(m.partition(), 0):
-                todo.pop(m.partition(), None)
+            partition, offset = int(m.partition() or 0), int(m.offset() or 0)
+            if offset + 1 >= todo.get(partition, 0):
+                todo.pop(partition, None)
     finally:
         reader.close()
     return counts
