@@ -1,0 +1,245 @@
+"""Settings.from_env: defaults, every contract variable, errors that name the variable."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from consumer.errors import ConfigError
+from consumer.records import Entity
+from consumer.settings import API_MAX_ITEMS, DEFAULT_TOPICS, ENV_VARS, Settings
+
+SECRET = "top-secret-value-123"
+BASE = {
+    "KAFKA_BOOTSTRAP_SERVERS": "broker-1:9092,broker-2:9092",
+    "ASAPP_API_ID": "app-id",
+    "ASAPP_API_SECRET": SECRET,
+}
+
+
+def env(**overrides: str) -> dict[str, str]:
+    out = dict(BASE)
+    out.update(overrides)
+    return out
+
+
+def without(name: str) -> dict[str, str]:
+    return {k: v for k, v in BASE.items() if k != name}
+
+
+def test_defaults() -> None:
+    s = Settings.from_env(BASE)
+    assert s.bootstrap_servers == "broker-1:9092,broker-2:9092"
+    assert s.api_id == "app-id"
+    assert s.api_secret == SECRET
+    assert s.group_id == "asapp-metadata-consumer"
+    assert dict(s.topics) == {e: (t,) for e, t in DEFAULT_TOPICS.items()}
+    assert s.kafka_properties == {}
+    assert s.schema_registry_url is None
+    assert s.schema_registry_auth is None
+    assert s.api_base_url == "https://api.sandbox.asapp.com"
+    assert s.batch_max_items == API_MAX_ITEMS == 1000
+    assert s.batch_max_bytes == 1_000_000
+    assert s.batch_linger_ms == 1000
+    assert s.max_in_flight == 16
+    assert s.rate_limit_rps == 90.0
+    assert s.retry_max_backoff_s == 60.0
+    assert s.malformed_response_max_attempts == 5
+    assert s.dlq_topic == "asapp.metadata.dlq"
+    assert s.metrics_port == 9400
+    assert (s.log_format, s.log_level) == ("json", "INFO")
+    assert s.topic_entities == {t: e for e, t in DEFAULT_TOPICS.items()}
+
+
+@pytest.mark.parametrize("name", ["KAFKA_BOOTSTRAP_SERVERS", "ASAPP_API_ID", "ASAPP_API_SECRET"])
+@pytest.mark.parametrize("value", [None, "", "   "], ids=["unset", "empty", "blank"])
+def test_required_variables(name: str, value: str | None) -> None:
+    e = without(name)
+    if value is not None:
+        e[name] = value
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env(e)
+
+
+def test_credentials_optional_for_tools_that_never_call_the_api() -> None:
+    s = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "b:9092"}, require_credentials=False)
+    assert s.bootstrap_servers == "b:9092"
+    with pytest.raises(ConfigError, match="KAFKA_BOOTSTRAP_SERVERS"):
+        Settings.from_env({}, require_credentials=False)
+
+
+def test_topic_lists_and_disabled_entity() -> None:
+    s = Settings.from_env(
+        env(TOPIC_AGENT=" agents-a , agents-b ,", TOPIC_CONVERSATION="", TOPIC_CUSTOMER="cust")
+    )
+    assert dict(s.topics) == {Entity.AGENT: ("agents-a", "agents-b"), Entity.CUSTOMER: ("cust",)}
+    assert s.topic_entities == {
+        "agents-a": Entity.AGENT,
+        "agents-b": Entity.AGENT,
+        "cust": Entity.CUSTOMER,
+    }
+
+
+def test_all_topics_empty_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="TOPIC_AGENT"):
+        Settings.from_env(env(TOPIC_AGENT="", TOPIC_CONVERSATION=" , ", TOPIC_CUSTOMER=""))
+
+
+def test_topic_shared_by_two_entities_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"TOPIC_AGENT.*TOPIC_CUSTOMER"):
+        Settings.from_env(env(TOPIC_AGENT="a,shared", TOPIC_CUSTOMER="shared"))
+
+
+def test_dlq_topic_cannot_be_a_source_topic() -> None:
+    with pytest.raises(ConfigError, match="DLQ_TOPIC"):
+        Settings.from_env(env(DLQ_TOPIC=DEFAULT_TOPICS[Entity.AGENT]))
+
+
+def test_kafka_pass_through_properties() -> None:
+    s = Settings.from_env(
+        env(
+            KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+            KAFKA_SASL_MECHANISMS="PLAIN",
+            KAFKA_SASL_USERNAME="user",
+            KAFKA_SASL_PASSWORD="pw",
+            KAFKA_SESSION_TIMEOUT_MS="45000",
+            KAFKA_GROUP_ID="my-group",
+        )
+    )
+    assert s.kafka_properties == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": "PLAIN",
+        "sasl.username": "user",
+        "sasl.password": "pw",
+        "session.timeout.ms": "45000",
+    }
+    assert s.group_id == "my-group"
+    assert "bootstrap.servers" not in s.kafka_properties
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["KAFKA_ENABLE_AUTO_COMMIT", "KAFKA_ENABLE_AUTO_OFFSET_STORE"],
+)
+def test_reserved_kafka_properties_are_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env(env(**{name: "true"}))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        pytest.param("BATCH_MAX_ITEMS", "1001", "out of range", id="items-over-api-max"),
+        pytest.param("BATCH_MAX_ITEMS", "0", "out of range", id="items-zero"),
+        pytest.param("BATCH_MAX_ITEMS", "ten", "not an integer", id="items-not-int"),
+        pytest.param("BATCH_MAX_ITEMS", "1.5", "not an integer", id="items-float"),
+        pytest.param("BATCH_MAX_BYTES", "100", "out of range", id="bytes-too-small"),
+        pytest.param("BATCH_LINGER_MS", "-1", "out of range", id="linger-negative"),
+        pytest.param("MAX_IN_FLIGHT", "257", "out of range", id="in-flight-high"),
+        pytest.param("METRICS_PORT", "70000", "out of range", id="port-high"),
+        pytest.param("RATE_LIMIT_RPS", "fast", "not a number", id="rps-not-number"),
+        pytest.param("RATE_LIMIT_RPS", "0", "out of range", id="rps-zero"),
+        pytest.param("HTTP_TIMEOUT_S", "nan", "out of range", id="timeout-nan"),
+        pytest.param("SHUTDOWN_TIMEOUT_S", "0.5", "out of range", id="shutdown-short"),
+        pytest.param("MALFORMED_RESPONSE_MAX_ATTEMPTS", "0", "out of range", id="malformed-0"),
+        pytest.param("ASAPP_API_BASE_URL", "api.asapp.com", "http(s) URL", id="url-no-scheme"),
+        pytest.param("ASAPP_API_BASE_URL", "ftp://x", "http(s) URL", id="url-ftp"),
+        pytest.param("SCHEMA_REGISTRY_URL", "http://", "http(s) URL", id="registry-no-host"),
+        pytest.param("LOG_FORMAT", "xml", "must be one of", id="log-format"),
+        pytest.param("LOG_LEVEL", "verbose", "must be one of", id="log-level"),
+    ],
+)
+def test_invalid_values_name_the_variable(name: str, value: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env(**{name: value}))
+    assert name in str(info.value)
+    assert problem in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "field", "expected"),
+    [
+        pytest.param("BATCH_MAX_ITEMS", "1000", "batch_max_items", 1000, id="items-max"),
+        pytest.param("BATCH_MAX_ITEMS", " 7 ", "batch_max_items", 7, id="items-padded"),
+        pytest.param("BATCH_LINGER_MS", "0", "batch_linger_ms", 0, id="linger-zero"),
+        pytest.param("RATE_LIMIT_RPS", "12.5", "rate_limit_rps", 12.5, id="rps-float"),
+        pytest.param(
+            "ASAPP_API_BASE_URL",
+            "https://api.asapp.com/",
+            "api_base_url",
+            "https://api.asapp.com",
+            id="url-trailing-slash",
+        ),
+        pytest.param("LOG_FORMAT", "TEXT", "log_format", "text", id="format-case"),
+        pytest.param("LOG_LEVEL", "debug", "log_level", "DEBUG", id="level-upper"),
+        pytest.param("BATCH_MAX_ITEMS", "", "batch_max_items", 1000, id="empty-is-default"),
+    ],
+)
+def test_valid_values(name: str, value: str, field: str, expected: Any) -> None:
+    assert getattr(Settings.from_env(env(**{name: value})), field) == expected
+
+
+def test_secrets_not_in_repr() -> None:
+    s = Settings.from_env(
+        env(
+            KAFKA_SASL_PASSWORD="kafka-pw-987",
+            SCHEMA_REGISTRY_URL="https://registry.example",
+            SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO="user:registry-pw-654",
+        )
+    )
+    text = repr(s) + str(s)
+    for secret in (SECRET, "kafka-pw-987", "registry-pw-654"):
+        assert secret not in text
+    assert "app-id" in text  # repr still shows the non-secret fields
+
+
+def test_settings_are_frozen() -> None:
+    s = Settings.from_env(BASE)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.batch_max_items = 5  # type: ignore[misc]
+
+
+#: A distinctive valid value for every variable in ENV_VARS.
+DISTINCT = {
+    "KAFKA_BOOTSTRAP_SERVERS": "other-broker:19092",
+    "KAFKA_GROUP_ID": "other-group",
+    "TOPIC_AGENT": "t-agent-x",
+    "TOPIC_CONVERSATION": "t-convo-x",
+    "TOPIC_CUSTOMER": "t-customer-x",
+    "SCHEMA_REGISTRY_URL": "http://registry.x:8081",
+    "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": "u:p",
+    "ASAPP_API_BASE_URL": "https://api.x.example",
+    "ASAPP_API_ID": "other-id",
+    "ASAPP_API_SECRET": "other-secret",
+    "BATCH_MAX_ITEMS": "17",
+    "BATCH_MAX_BYTES": "4321",
+    "BATCH_LINGER_MS": "123",
+    "MAX_IN_FLIGHT": "3",
+    "MAX_BUFFERED_MESSAGES": "1234",
+    "RATE_LIMIT_RPS": "7.5",
+    "DAILY_REQUEST_QUOTA": "99",
+    "HTTP_TIMEOUT_S": "4.5",
+    "RETRY_MAX_BACKOFF_S": "8.5",
+    "MALFORMED_RESPONSE_MAX_ATTEMPTS": "9",
+    "DLQ_TOPIC": "dlq-x",
+    "METRICS_PORT": "9999",
+    "SHUTDOWN_TIMEOUT_S": "3.5",
+    "REVOKE_TIMEOUT_S": "2.5",
+    "COMMIT_TIMEOUT_S": "1.5",
+    "HEALTH_STALL_TIMEOUT_S": "11.5",
+    "LOG_FORMAT": "text",
+    "LOG_LEVEL": "error",
+}
+
+
+def test_distinct_values_cover_env_vars() -> None:
+    assert set(DISTINCT) == set(ENV_VARS)
+
+
+@pytest.mark.parametrize("name", sorted(ENV_VARS))
+def test_every_env_var_is_read(name: str) -> None:
+    baseline = Settings.from_env(BASE)
+    changed = Settings.from_env(env(**{name: DISTINCT[name]}))
+    assert changed != baseline, f"{name} is listed in ENV_VARS but from_env ignores it"
