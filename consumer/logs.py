@@ -46,7 +46,7 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
+                out[key] = scrub(value) if isinstance(value, str) else value
         if record.exc_info:
             out["exc"] = scrub(self.formatException(record.exc_info))
         return json.dumps(out, default=str, ensure_ascii=False)
