@@ -6,7 +6,7 @@ give every labelled instrument one child so its series appear, render the regist
 ``prometheus_client.generate_latest`` and parse it back. Nothing here lists metric names by hand.
 
 ``python -m tests.monitoring.artifacts`` prints the metric table kept in
-``deploy/monitoring/README.md`` between the ``metrics-table`` markers.
+``README.md`` (the Monitoring section) between the ``metrics-table`` markers.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ MONITORING = REPO / "deploy" / "monitoring"
 ALERTS = MONITORING / "alerts.yml"
 ALERTS_TEST = MONITORING / "tests" / "alerts_test.yml"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
-README = MONITORING / "README.md"
+README = REPO / "README.md"
 
 #: Every token that looks like one of our metric names (in PromQL, templates or prose).
 METRIC_TOKEN = re.compile(r"asapp_consumer_[a-z0-9_]+")

@@ -229,7 +229,7 @@ def test_alerts_only_select_on_job_for_up(rules: list[dict[str, Any]]) -> None:
 
 def test_readme_metric_table_is_current() -> None:
     assert artifacts.readme_table() == artifacts.metric_table(), (
-        "deploy/monitoring/README.md metric table is stale: regenerate it with "
+        "README.md metric table is stale: regenerate it with "
         "`.venv/bin/python -m tests.monitoring.artifacts` and paste it between the markers"
     )
 
