@@ -90,11 +90,8 @@ def test_throughput_end_to_end(env: Env, api_process: str, start_service) -> Non
     stats = _stats(api_process)
     accepted = sum(v["items_accepted"] for v in stats["entities"].values())
     requests = stats["requests"]
-    rss_kb = int(
-        next(l for l in open(f"/proc/{service.proc.pid}/status") if l.startswith("VmHWM")).split()[
-            1
-        ]
-    )
+    with open(f"/proc/{service.proc.pid}/status") as status:
+        rss_kb = int(next(ln for ln in status if ln.startswith("VmHWM")).split()[1])
     print(
         f"\nTHROUGHPUT {total} events ({per_entity}/entity, produced in {produced_s:.1f}s): "
         f"{elapsed:.1f}s to all committed = {total / elapsed:,.0f} events/s; "
