@@ -107,7 +107,8 @@ def test_409_means_already_persisted_counts_as_delivered(
     env: Env, api: EmulatedApi, start_service
 ) -> None:
     api.set_faults(Faults(sequence=steps(409)))
-    agents(env, 30)
+    sent = agents(env, 30)
+    env.acknowledged.update(s.event_id for s in sent)  # what a 409 tells us
     start_service()
     wait_until(env.all_committed, 60, "all committed")
     assert [r.status for r in api.requests()] == [409], "a 409 batch was resent"
