@@ -73,12 +73,12 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 from consumer.records import Entity
+from consumer.sandbox._http import Handler, Server
 from consumer.validation import validator_for
 
 try:  # orjson is part of the sandbox extra; the stdlib is the fallback
@@ -323,46 +323,6 @@ class _TokenBucket:
         return False
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
-
-    def __init__(self, address: tuple[str, int], api: EmulatedApi) -> None:
-        self.api = api
-        super().__init__(address, _Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.api._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.api._track(self.connection, add=False)
-
-    def do_POST(self) -> None:
-        self.server.api._serve(self, "POST")
-
-    def do_GET(self) -> None:
-        self.server.api._serve(self, "GET")
-
-    def do_PUT(self) -> None:
-        self.server.api._serve(self, "PUT")
-
-    def do_DELETE(self) -> None:
-        self.server.api._serve(self, "DELETE")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: the request log is the record."""
-
-
 class EmulatedApi:
     """The emulated API server. Embeddable (``with EmulatedApi() as api: api.url``) or CLI.
 
@@ -397,7 +357,7 @@ class EmulatedApi:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
-        self._server: _Server | None = None
+        self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._set_faults_locked(faults or Faults())
         self._clear_records_locked()
@@ -409,7 +369,7 @@ class EmulatedApi:
         if self._server is not None:
             raise RuntimeError("emulated API already started")
         self._stopping.clear()
-        self._server = _Server((self.host, self._port), self)
+        self._server = Server((self.host, self._port), self)
         self._port = int(self._server.server_address[1])
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -538,7 +498,7 @@ class EmulatedApi:
 
     # ---- request handling --------------------------------------------------------------------
 
-    def _serve(self, h: _Handler, method: str) -> None:
+    def _serve(self, h: Handler, method: str) -> None:
         split = urlsplit(h.path)
         path = split.path
         if path.startswith(CONTROL_PREFIX):
@@ -557,7 +517,7 @@ class EmulatedApi:
         else:
             self._send(h, answer)
 
-    def _read_body(self, h: _Handler) -> bytes | None:
+    def _read_body(self, h: Handler) -> bytes | None:
         """A control request's body (``b""`` when none); None when unreadable, in which case
         the answer (400/411, connection closed) has been sent."""
         if h.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -570,7 +530,7 @@ class EmulatedApi:
             return None
         return h.rfile.read(length) if length > 0 else b""
 
-    def _api(self, h: _Handler, method: str, path: str) -> tuple[_Answer, int]:
+    def _api(self, h: Handler, method: str, path: str) -> tuple[_Answer, int]:
         """Decide the answer to an API request (steps 1-7 of the module docstring)."""
         route = self._route(path)
         if route is None or method != "POST":
@@ -621,7 +581,7 @@ class EmulatedApi:
         return kind, entity
 
     @staticmethod
-    def _drain(h: _Handler, length: int) -> None:
+    def _drain(h: Handler, length: int) -> None:
         remaining = length
         while remaining > 0:
             chunk = h.rfile.read(min(remaining, 1 << 20))
@@ -768,7 +728,7 @@ class EmulatedApi:
             if self.record_items and answer.accepted_items:
                 self._items[entity].extend(answer.accepted_items)
 
-    def _send(self, h: _Handler, answer: _Answer) -> None:
+    def _send(self, h: Handler, answer: _Answer) -> None:
         try:
             h.send_response(answer.status)
             h.send_header("Content-Type", answer.content_type)
@@ -784,7 +744,7 @@ class EmulatedApi:
             h.close_connection = True  # the client went away; nothing left to answer
 
     @staticmethod
-    def _drop(h: _Handler, how: str) -> None:
+    def _drop(h: Handler, how: str) -> None:
         """Close without answering; ``reset`` sends a TCP RST (SO_LINGER 0)."""
         h.close_connection = True
         with contextlib.suppress(OSError):

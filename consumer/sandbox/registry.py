@@ -39,10 +39,11 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
+
+from consumer.sandbox._http import Handler, Server
 
 __all__ = ["RegistryCall", "SchemaRegistryStandIn", "main"]
 
@@ -102,7 +103,7 @@ class SchemaRegistryStandIn:
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host, self._port = host, port
         self._lock = threading.Lock()
-        self._server: _Server | None = None
+        self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self._fail_next = 0
@@ -116,7 +117,7 @@ class SchemaRegistryStandIn:
         """Bind (port 0 picks a free one) and serve in a background thread. Returns self."""
         if self._server is not None:
             raise RuntimeError("schema registry stand-in already started")
-        self._server = _Server((self.host, self._port), self)
+        self._server = Server((self.host, self._port), self)
         self._port = int(self._server.server_address[1])
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -244,7 +245,7 @@ class SchemaRegistryStandIn:
         with self._lock:
             (self._connections.add if add else self._connections.discard)(conn)
 
-    def _serve(self, h: _Handler, method: str) -> None:
+    def _serve(self, h: Handler, method: str) -> None:
         path = urlsplit(h.path).path
         length = int(h.headers.get("Content-Length") or 0)
         raw = h.rfile.read(length) if length > 0 else b""
@@ -341,7 +342,7 @@ class SchemaRegistryStandIn:
             **stored.body(),
         }
 
-    def _control(self, h: _Handler, body: Any) -> None:
+    def _control(self, h: Handler, body: Any) -> None:
         if not isinstance(body, dict) or set(body) - {"fail_next", "fail_all", "status"}:
             self._send(
                 h, 400, {"error_code": 400, "message": "expected {fail_next?, fail_all?, status?}"}
@@ -357,7 +358,7 @@ class SchemaRegistryStandIn:
         )
 
     @staticmethod
-    def _send(h: _Handler, status: int, payload: Any) -> None:
+    def _send(h: Handler, status: int, payload: Any) -> None:
         data = json.dumps(payload).encode()
         try:
             h.send_response(status)
@@ -367,45 +368,6 @@ class SchemaRegistryStandIn:
             h.wfile.write(data)
         except OSError:
             h.close_connection = True
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], registry: SchemaRegistryStandIn) -> None:
-        self.registry = registry
-        super().__init__(address, _Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.registry._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.registry._track(self.connection, add=False)
-
-    def do_GET(self) -> None:
-        self.server.registry._serve(self, "GET")
-
-    def do_POST(self) -> None:
-        self.server.registry._serve(self, "POST")
-
-    def do_PUT(self) -> None:
-        self.server.registry._serve(self, "PUT")
-
-    def do_DELETE(self) -> None:
-        self.server.registry._serve(self, "DELETE")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: :meth:`SchemaRegistryStandIn.calls` is the record."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
