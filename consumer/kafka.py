@@ -22,6 +22,8 @@ from consumer.settings import SECRET_MARKERS, Settings
 log = logging.getLogger(__name__)
 
 PartitionsCallback = Callable[[list[TopicPartition]], None]
+#: ``(error or None, {partition: committed offset})`` for every finished commit.
+CommitCallback = Callable[[str | None, dict[TopicPartition, int]], None]
 
 
 def redacted(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -153,8 +155,24 @@ class KafkaSource:
 
     def __init__(self, settings: Settings, *, consumer: Any = None) -> None:
         self.config = consumer_config(settings)
-        self._consumer = consumer if consumer is not None else Consumer(self.config, logger=log)
+        self._on_commit_listener: CommitCallback | None = None
+        self._consumer = (
+            consumer
+            if consumer is not None
+            else Consumer({**self.config, "on_commit": self._on_commit}, logger=log)
+        )
         self._commit_lock = threading.Lock()
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[KTopicPartition]) -> None:
+        listener = self._on_commit_listener
+        if listener is None:
+            return
+        if err is not None:
+            listener(str(err), {})
+            return
+        failed = [p for p in partitions if p.error is not None]
+        done = {_tp(p): p.offset for p in partitions if p.error is None and p.offset >= 0}
+        listener(str(failed[0].error) if failed else None, done)
 
     def subscribe(
         self,
@@ -163,7 +181,9 @@ class KafkaSource:
         on_assign: PartitionsCallback,
         on_revoke: PartitionsCallback,
         on_lost: PartitionsCallback,
+        on_commit: CommitCallback | None = None,
     ) -> None:
+        self._on_commit_listener = on_commit
         self._consumer.subscribe(
             list(topics),
             on_assign=lambda _c, ps: on_assign([_tp(p) for p in ps]),
@@ -221,6 +241,13 @@ class KafkaSource:
                 raise KafkaException(p.error)
             done[_tp(p)] = p.offset
         return done
+
+    def commit_async(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Start a commit without waiting; its result reaches the ``on_commit`` callback from
+        a later :meth:`consume`. Raises KafkaException when it cannot even be started."""
+        parts = [_ktp(tp, off) for tp, off in offsets.items()]
+        if parts:
+            self._consumer.commit(offsets=parts, asynchronous=True)
 
     def committed(
         self, tps: Iterable[TopicPartition], timeout_s: float

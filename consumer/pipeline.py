@@ -71,6 +71,7 @@ class Source(Protocol):
         on_assign: Callable[[list[TopicPartition]], None],
         on_revoke: Callable[[list[TopicPartition]], None],
         on_lost: Callable[[list[TopicPartition]], None],
+        on_commit: Callable[[str | None, dict[TopicPartition, int]], None] | None = None,
     ) -> None: ...
     def consume(self, max_messages: int, timeout_s: float) -> list[Message]: ...
     def pause(self, tps: Iterable[TopicPartition]) -> None: ...
@@ -78,6 +79,7 @@ class Source(Protocol):
     def commit(
         self, offsets: Mapping[TopicPartition, int], timeout_s: float
     ) -> dict[TopicPartition, int]: ...
+    def commit_async(self, offsets: Mapping[TopicPartition, int]) -> None: ...
     def high_watermark(self, tp: TopicPartition) -> int | None: ...
     def committed(
         self, tps: Iterable[TopicPartition], timeout_s: float
@@ -163,6 +165,8 @@ class Pipeline:
         self._dlq_unacked = 0
         self._dlq_failures = 0
         self._stop = threading.Event()
+        self._stop_requested_at: float | None = None
+        self._async_commit_at: float | None = None
         self._closing = False
         self._next_commit = 0.0
         self._next_lag = 0.0
@@ -173,7 +177,10 @@ class Pipeline:
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self) -> None:
-        """Ask the loop to stop (safe from a signal handler or another thread)."""
+        """Ask the loop to stop (safe from a signal handler or another thread). The shutdown
+        bound counts from the first request."""
+        if self._stop_requested_at is None:
+            self._stop_requested_at = self.clock()
         self._stop.set()
 
     @property
@@ -184,7 +191,11 @@ class Pipeline:
         """Subscribe and loop until :meth:`request_stop`; then drain, commit and close."""
         topics = list(self.config.topic_entities)
         self.source.subscribe(
-            topics, on_assign=self.on_assign, on_revoke=self.on_revoke, on_lost=self.on_lost
+            topics,
+            on_assign=self.on_assign,
+            on_revoke=self.on_revoke,
+            on_lost=self.on_lost,
+            on_commit=self._on_commit,
         )
         log.info("subscribed", extra={"event": "subscribe", "topics": topics})
         try:
@@ -225,7 +236,7 @@ class Pipeline:
 
     def shutdown(self) -> None:
         """Flush, wait for in-flight work within the shutdown bound, commit, close."""
-        started = self.clock()
+        started = self._stop_requested_at if self._stop_requested_at is not None else self.clock()
         total = self.config.shutdown_timeout_s
         close_budget = min(5.0, total / 5)
         drain_until = started + max(0.5, total - self.config.commit_timeout_s - close_budget - 1.0)
@@ -613,8 +624,12 @@ class Pipeline:
         final: bool = False,
         timeout_s: float | None = None,
     ) -> bool:
-        """Commit every partition whose committable offset advanced. Bounded in time; a failure
-        is logged and retried at the next commit (offsets only ever move forward)."""
+        """Commit every partition whose committable offset advanced.
+
+        Regular commits are asynchronous (one outstanding at a time, its result arrives in
+        :meth:`_on_commit`), so a slow or unreachable broker never stalls the loop. ``final``
+        commits (revoke, shutdown) are synchronous and bounded by ``timeout_s``. A failure is
+        logged and retried later: offsets only ever move forward."""
         offsets = self.tracker.to_commit()
         offsets = {
             tp: o
@@ -624,23 +639,51 @@ class Pipeline:
         if not offsets:
             return True
         started = self.clock()
+        if not final:
+            pending = self._async_commit_at
+            if pending is not None and started - pending < self.config.commit_timeout_s:
+                return True
+            self._async_commit_at = started
+            try:
+                self.source.commit_async(offsets)
+            except Exception as exc:  # KafkaException: nothing to commit, not assigned...
+                self._async_commit_at = None
+                self._commit_failed(exc, final)
+                return False
+            return True
         try:
             done = self.source.commit(offsets, timeout_s or self.config.commit_timeout_s)
         except Exception as exc:  # KafkaException, TimeoutError: try again next time
-            self.metrics.commits.labels("failed").inc()
-            log.warning("commit failed: %s", exc, extra={"event": "commit_failed", "final": final})
+            self._commit_failed(exc, final)
             return False
         self.metrics.commit_duration.observe(self.clock() - started)
+        self._committed(done)
+        log.info(
+            "committed",
+            extra={"event": "commit", "offsets": {str(t): o for t, o in done.items()}},
+        )
+        return True
+
+    def _on_commit(self, error: str | None, done: dict[TopicPartition, int]) -> None:
+        """Result of a commit, served by the consumer from within :meth:`iterate`."""
+        sent_at, self._async_commit_at = self._async_commit_at, None
+        if sent_at is not None:
+            self.metrics.commit_duration.observe(self.clock() - sent_at)
+        if error is not None:
+            self._commit_failed(error, False)
+        if done:
+            self._committed(done)
+
+    def _committed(self, done: Mapping[TopicPartition, int]) -> None:
         self.metrics.commits.labels("ok").inc()
         for tp, offset in done.items():
-            self.tracker.mark_committed(tp, offset)
-            self.metrics.committed_offset.labels(tp.topic, str(tp.partition)).set(offset)
-        if final:
-            log.info(
-                "committed",
-                extra={"event": "commit", "offsets": {str(t): o for t, o in done.items()}},
-            )
-        return True
+            if tp in self.assigned:  # a late answer for a released partition is history
+                self.tracker.mark_committed(tp, offset)
+                self.metrics.committed_offset.labels(tp.topic, str(tp.partition)).set(offset)
+
+    def _commit_failed(self, error: object, final: bool) -> None:
+        self.metrics.commits.labels("failed").inc()
+        log.warning("commit failed: %s", error, extra={"event": "commit_failed", "final": final})
 
     def _update_lag(self) -> None:
         unknown = [tp for tp in self.assigned if self.tracker.committed(tp) is None]

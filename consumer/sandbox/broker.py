@@ -64,15 +64,23 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> None:
 class LocalBroker:
     """A broker process on ``127.0.0.1:<port>``; use as a context manager."""
 
-    def __init__(self, *, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        advertised_port: int | None = None,
+        log_path: Path | None = None,
+    ) -> None:
         self.port = port or free_port()
+        #: What clients are told to connect to (a TCP proxy in front of the broker, in tests).
+        self.advertised_port = advertised_port or self.port
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: object = None
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port}"
 
     def start(self, timeout_s: float = 20.0) -> LocalBroker:
         url = f"tcp://127.0.0.1:{self.port}"
@@ -85,7 +93,7 @@ class LocalBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                f"tcp://127.0.0.1:{self.advertised_port}",
                 "--storage-engine",
                 "memory://tansu/",
             ],
