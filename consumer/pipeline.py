@@ -20,7 +20,7 @@ partition is paused and the write retried, never skipped.
 
 Pausing: a partition is paused while a batch holding its items is being retried, while its
 messages wait for the schema registry, while a dead letter of it failed to be written, and all
-partitions are paused while more than ``max_buffered_messages`` are unfinished.
+partitions are paused once ``max_buffered_messages`` are unfinished (until fewer than 80 % are).
 
 Lifecycle: a signal handler only calls :meth:`Pipeline.request_stop`. Revoke and stop both
 flush open batches, wait for their outcome within a bound, give up on (cancel) the rest
@@ -41,7 +41,7 @@ from typing import Any, Protocol
 import orjson
 
 from consumer.batcher import Batcher
-from consumer.errors import DecodeError, RegistryUnavailable
+from consumer.errors import DecodeError, RegistryUnavailable, ValidationError
 from consumer.metrics import Metrics
 from consumer.offsets import OffsetTracker
 from consumer.records import Batch, Completion, DeadLetter, Entity, Item, Message, TopicPartition
@@ -163,8 +163,10 @@ class Pipeline:
         self._registry_backoff: Backoff = server_error_backoff(config.retry_max_backoff_s)
         self._dlq_backoff: Backoff = server_error_backoff(min(30.0, config.retry_max_backoff_s))
         self._dlq_retry: deque[tuple[float, DeadLetter]] = deque()
-        self._dlq_blocked: dict[TopicPartition, int] = {}
-        self._dlq_unacked = 0
+        # offsets per partition whose dead-letter write failed and is not yet rewritten
+        self._dlq_blocked: dict[TopicPartition, set[int]] = {}
+        # dead letters produced and not yet acknowledged, per partition
+        self._dlq_unacked: dict[TopicPartition, int] = {}
         self._dlq_failures = 0
         self._stop = threading.Event()
         self._consumed_counters: dict[str, Any] = {}
@@ -248,7 +250,9 @@ class Pipeline:
         for batch in self.batcher.flush("shutdown"):
             self._submit(batch)
         self._wait_for(
-            lambda: not self._inflight and not self._dlq_unacked and not self._dlq_retry,
+            lambda: (
+                not self._inflight and not any(self._dlq_unacked.values()) and not self._dlq_retry
+            ),
             drain_until,
         )
         abandoned = self._cancel(lambda tps: True)
@@ -300,11 +304,13 @@ class Pipeline:
             def settled() -> bool:
                 if any(parts & revoked for _, parts in self._inflight.values()):
                     return False
-                return not self._dlq_unacked and not any(
+                return not any(self._dlq_unacked.get(tp) for tp in revoked) and not any(
                     d.message.position.tp in revoked for _, d in self._dlq_retry
                 )
 
             self._wait_for(settled, deadline)
+            for tp in revoked:  # from here on, abandoned items of these are not ours to resend
+                self._tp_generation.pop(tp, None)
             self._cancel(lambda parts: bool(parts & revoked))
             self.dlq.flush(0.5)
             self.dlq.poll()
@@ -331,6 +337,7 @@ class Pipeline:
             self._held_until.pop(tp, None)
             self._held_attempts.pop(tp, None)
             self._dlq_blocked.pop(tp, None)
+            self._dlq_unacked.pop(tp, None)
             self._tp_generation.pop(tp, None)
         self._dlq_retry = deque(
             (t, d) for t, d in self._dlq_retry if d.message.position.tp not in tps
@@ -403,7 +410,7 @@ class Pipeline:
                 entity, record, topic=pos.topic, partition=pos.partition, offset=pos.offset
             )
             error = self.validators[entity].error(payload)
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        except (ValidationError, TypeError, ValueError, KeyError, AttributeError) as exc:
             payload, error = {}, f"cannot map event: {type(exc).__name__}: {exc}"
         if error is not None:
             self.metrics.items_invalid.labels(entity.value).inc()
@@ -537,21 +544,27 @@ class Pipeline:
         self._produce_dead_letter(dl)
 
     def _produce_dead_letter(self, dl: DeadLetter) -> None:
+        tp = dl.message.position.tp
         if self.dlq.produce(dl, self._on_dead_letter_done):
-            self._dlq_unacked += 1
+            self._dlq_unacked[tp] = self._dlq_unacked.get(tp, 0) + 1
         else:  # local queue full: try again shortly
             self._dlq_retry.append((self.clock() + 0.1, dl))
 
     def _on_dead_letter_done(self, dl: DeadLetter, error: str | None) -> None:
-        self._dlq_unacked = max(0, self._dlq_unacked - 1)
-        tp = dl.message.position.tp
+        pos = dl.message.position
+        tp = pos.tp
+        if tp in self._dlq_unacked:
+            self._dlq_unacked[tp] -= 1
+            if self._dlq_unacked[tp] <= 0:
+                del self._dlq_unacked[tp]
         if error is None:
-            if self.tracker.finish(dl.message.position):
+            if self.tracker.finish(pos):
                 self.dead_lettered += 1
             self.metrics.dead_letters.labels(dl.entity.value, dl.reason).inc()
-            if tp in self._dlq_blocked:
-                self._dlq_blocked[tp] -= 1
-                if self._dlq_blocked[tp] <= 0:
+            blocked = self._dlq_blocked.get(tp)
+            if blocked is not None:
+                blocked.discard(pos.offset)
+                if not blocked:
                     del self._dlq_blocked[tp]
                     self._dlq_failures = 0
                     log.info(
@@ -563,7 +576,6 @@ class Pipeline:
         self.metrics.dlq_failures.inc()
         self._dlq_failures += 1
         delay = self._dlq_backoff.delay(min(self._dlq_failures, 10))
-        pos = dl.message.position
         log.error(
             "dead-letter write failed for %s (%s); partition held, retry in %.1fs",
             pos,
@@ -577,26 +589,20 @@ class Pipeline:
             },
         )
         if tp in self.assigned:
-            self._dlq_blocked[tp] = self._dlq_blocked.get(tp, 0) + 1
+            # Held until this very dead letter is written, whatever happens to others.
+            self._dlq_blocked.setdefault(tp, set()).add(pos.offset)
             self._dlq_retry.append((self.clock() + delay, dl))
 
     def _retry_dead_letters(self) -> None:
         if not self._dlq_retry:
             return
         now = self.clock()
-        due = [(t, d) for t, d in self._dlq_retry if t <= now]
+        due = [d for t, d in self._dlq_retry if t <= now]
         if not due:
             return
         self._dlq_retry = deque((t, d) for t, d in self._dlq_retry if t > now)
-        for _, dl in due:
-            tp = dl.message.position.tp
-            if tp in self._dlq_blocked:
-                self._dlq_blocked[tp] -= 1
-                if self._dlq_blocked[tp] <= 0:
-                    del self._dlq_blocked[tp]
+        for dl in due:
             self._produce_dead_letter(dl)
-            if tp in self.assigned:
-                self._dlq_blocked[tp] = self._dlq_blocked.get(tp, 0) + 1
 
     # ------------------------------------------------------------------ pauses, commits
     def _update_pauses(self) -> None:
