@@ -6,9 +6,12 @@ shut them all down, hanging requests included) and answers every request.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Any, Protocol, Self
 
 
 class StandIn(Protocol):
@@ -54,3 +57,87 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: each stand-in keeps its own record of requests."""
+
+
+class StandInServer:
+    """Lifecycle shared by the stand-ins: bind (port 0 picks a free one), serve in a daemon
+    thread, track connections so :meth:`stop` can shut every one of them down, ``with``
+    support. Subclasses implement ``_serve`` and may hook ``_on_start`` / ``_on_stop``."""
+
+    thread_name = "sandbox-stand-in"
+
+    def __init__(self, *, host: str, port: int) -> None:
+        self.host, self._port = host, port
+        self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._server: Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def _serve(self, h: Handler, method: str) -> None:
+        raise NotImplementedError
+
+    def _on_start(self) -> None:
+        """Called before serving starts."""
+
+    def _on_stop(self) -> None:
+        """Called once serving stopped, before open connections are shut down."""
+
+    def start(self) -> Self:
+        """Bind and serve in a background thread. Returns self."""
+        if self._server is not None:
+            raise RuntimeError(f"{self.thread_name} already started")
+        self._on_start()
+        self._server = Server((self.host, self._port), self)
+        self._port = int(self._server.server_address[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.02},
+            name=f"{self.thread_name}:{self._port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and shut open connections down. Idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._on_stop()
+        server.shutdown()
+        server.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The bound port (meaningful after :meth:`start`)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:43210`` (no trailing slash)."""
+        return f"http://{self.host}:{self._port}"
+
+    def _track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)

@@ -73,12 +73,12 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 from consumer.records import Entity
-from consumer.sandbox._http import Handler, Server
+from consumer.sandbox._http import Handler, StandInServer
 from consumer.validation import validator_for
 
 try:  # orjson is part of the sandbox extra; the stdlib is the fallback
@@ -323,7 +323,7 @@ class _TokenBucket:
         return False
 
 
-class EmulatedApi:
+class EmulatedApi(StandInServer):
     """The emulated API server. Embeddable (``with EmulatedApi() as api: api.url``) or CLI.
 
     Guarantees: items are recorded (per entity, in arrival order) only when the answer that
@@ -348,74 +348,25 @@ class EmulatedApi:
             raise ValueError(f"max_body_bytes must be > 0, got {max_body_bytes}")
         if rate_limit_rps is not None and rate_limit_rps <= 0:
             raise ValueError(f"rate_limit_rps must be > 0, got {rate_limit_rps}")
-        self.host, self._port = host, port
+        super().__init__(host=host, port=port)
         self.api_id, self.api_secret = api_id, api_secret
         self.max_body_bytes, self.rate_limit_rps = max_body_bytes, rate_limit_rps
         self.retry_after_s = retry_after_s
         self.record_items = record_items
         self._clock = clock
-        self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._connections: set[socket.socket] = set()
-        self._server: Server | None = None
-        self._thread: threading.Thread | None = None
         self._set_faults_locked(faults or Faults())
         self._clear_records_locked()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> EmulatedApi:
-        """Bind (port 0 picks a free one) and serve in a background thread. Returns self."""
-        if self._server is not None:
-            raise RuntimeError("emulated API already started")
+    thread_name = "emulated-asapp-api"
+
+    def _on_start(self) -> None:
         self._stopping.clear()
-        self._server = Server((self.host, self._port), self)
-        self._port = int(self._server.server_address[1])
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.02},
-            name=f"emulated-asapp-api:{self._port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
 
-    def stop(self) -> None:
-        """Stop serving, wake hanging requests, shut open connections. Idempotent."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        self._stopping.set()
-        server.shutdown()
-        server.server_close()
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> EmulatedApi:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        """The bound port (meaningful after :meth:`start`)."""
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:43210`` (no trailing slash)."""
-        return f"http://{self.host}:{self._port}"
+    def _on_stop(self) -> None:
+        self._stopping.set()  # wake requests hanging on an injected "timeout"
 
     # ---- inspection and control --------------------------------------------------------------
 
@@ -488,13 +439,6 @@ class EmulatedApi:
         self._faults_injected = 0
         rate = self.rate_limit_rps
         self._bucket = _TokenBucket(rate, max(1.0, rate), self._clock) if rate else None
-
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)
 
     # ---- request handling --------------------------------------------------------------------
 

@@ -30,20 +30,18 @@ call. Note the real client retries 408/429/5xx itself (``max.retries``, default 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import signal
-import socket
 import sys
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
-from consumer.sandbox._http import Handler, Server
+from consumer.sandbox._http import Handler, StandInServer
 
 __all__ = ["RegistryCall", "SchemaRegistryStandIn", "main"]
 
@@ -97,15 +95,11 @@ def _canonical(schema_type: str, schema_str: str) -> str:
     return schema_str
 
 
-class SchemaRegistryStandIn:
+class SchemaRegistryStandIn(StandInServer):
     """In-memory schema registry over HTTP. Thread-safe; ``with`` starts and stops it."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host, self._port = host, port
-        self._lock = threading.Lock()
-        self._server: Server | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
+        super().__init__(host=host, port=port)
         self._fail_next = 0
         self._fail_all = False
         self._fail_status = 503
@@ -113,55 +107,7 @@ class SchemaRegistryStandIn:
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> SchemaRegistryStandIn:
-        """Bind (port 0 picks a free one) and serve in a background thread. Returns self."""
-        if self._server is not None:
-            raise RuntimeError("schema registry stand-in already started")
-        self._server = Server((self.host, self._port), self)
-        self._port = int(self._server.server_address[1])
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.02},
-            name=f"schema-registry-stand-in:{self._port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and shut open connections. Idempotent."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> SchemaRegistryStandIn:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """Base URL for ``SchemaRegistryClient({"url": ...})``."""
-        return f"http://{self.host}:{self._port}"
+    thread_name = "schema-registry-stand-in"
 
     # ---- direct access -----------------------------------------------------------------------
 
@@ -240,10 +186,6 @@ class SchemaRegistryStandIn:
         return stored, versions.index(stored.schema_id) + 1
 
     # ---- HTTP --------------------------------------------------------------------------------
-
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            (self._connections.add if add else self._connections.discard)(conn)
 
     def _serve(self, h: Handler, method: str) -> None:
         path = urlsplit(h.path).path
