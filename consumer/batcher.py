@@ -13,7 +13,7 @@ items' pre-serialized JSON without serializing anything twice.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from consumer.records import Batch, Entity, Item
 
@@ -21,12 +21,12 @@ from consumer.records import Batch, Entity, Item
 BODY_OVERHEAD = len(b'{"items":[]}')
 
 
-def request_body(items: list[Item]) -> bytes:
+def request_body(items: Sequence[Item]) -> bytes:
     """The exact bytes POSTed for ``items``."""
     return b'{"items":[' + b",".join(item.body for item in items) + b"]}"
 
 
-def body_size(items: list[Item]) -> int:
+def body_size(items: Sequence[Item]) -> int:
     """``len(request_body(items))`` without building it."""
     return BODY_OVERHEAD + sum(len(i.body) for i in items) + max(0, len(items) - 1)
 

@@ -481,7 +481,10 @@ class Pipeline:
                     latency.observe(max(0.0, c.acked_at - ts / 1000.0))
             self.delivered_items += len(c.delivered)
         for dl in c.dead:
-            self._dead_letter(dl)
+            # A batch that finished after its partition was revoked: the new owner reads the
+            # message again and decides; dead-lettering it here too would only duplicate.
+            if dl.message.position.tp in self.assigned:
+                self._dead_letter(dl)
         if c.abandoned and not self._closing and not self._stop.is_set():
             retry = [
                 i

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from consumer.batcher import body_size
 from consumer.metrics import Metrics, error_code_prefix, status_class
 from consumer.records import Batch, Completion, DeadLetter, Item
 from consumer.retry import Backoff, Cancelled, Throttle, rate_limited_backoff, server_error_backoff
@@ -271,7 +272,7 @@ class Sender:
         m.http_requests.labels(entity, str(outcome.status) if outcome.status else "error").inc()
         m.http_duration.labels(entity, status_class(outcome.status)).observe(outcome.duration_s)
         m.batch_items.labels(entity).observe(len(items))
-        m.batch_bytes.labels(entity).observe(sum(len(i.body) for i in items) + len(items) + 11)
+        m.batch_bytes.labels(entity).observe(body_size(items))
 
     @staticmethod
     def _dead(item: Item, reason: str, error: str, status: int | None) -> DeadLetter:

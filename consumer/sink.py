@@ -175,7 +175,7 @@ class ApiSink:
 
     def post(self, entity: Entity, items: Sequence[Item]) -> Outcome:
         """Send ``items`` (all of ``entity``) in one request and classify the answer."""
-        body = request_body(list(items))
+        body = request_body(items)
         started = time.monotonic()
         try:
             response = self._client.post(entity.endpoint, content=body)
