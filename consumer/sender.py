@@ -150,6 +150,7 @@ class Sender:
         entity = batch.entity.value
         transient_attempt = 0
         malformed_attempts = 0
+        limited = 0
         while True:
             if batch.cancel.is_set():
                 out.abandoned.extend(items)
@@ -183,7 +184,7 @@ class Sender:
                     else:
                         self.metrics.items_rejected.labels(entity, error_code_prefix(err)).inc()
                         out.dead.append(self._dead(item, "rejected", err, outcome.status))
-                if transient_attempt or malformed_attempts:
+                if transient_attempt or malformed_attempts or limited or batch.retrying:
                     log.info(
                         "%s batch delivered after retries",
                         entity,
@@ -228,6 +229,7 @@ class Sender:
                 cause, delay = "malformed", self.transient_backoff.delay(malformed_attempts - 1)
             elif kind is Kind.RATE_LIMITED:
                 cause = "429"
+                limited += 1
                 delay = self.throttle.rate_limited(outcome.retry_after_s, self.limited_backoff)
                 log.warning(
                     "ASAPP API answered 429: pausing all requests for %.1fs",

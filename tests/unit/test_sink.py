@@ -212,7 +212,7 @@ def test_parse_retry_after(header: str | None, expected: float | None) -> None:
     ("header", "low", "high"),
     [
         pytest.param("3", 3.0, 3.0, id="seconds"),
-        pytest.param(formatdate(time.time() + 120, usegmt=True), 100.0, 120.0, id="http-date"),
+        pytest.param("http-date+120", 100.0, 120.0, id="http-date"),
         pytest.param(None, None, None, id="absent"),
     ],
 )
