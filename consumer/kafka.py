@@ -8,6 +8,7 @@ synchronous commit against an unreachable broker otherwise blocks for about
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -16,6 +17,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from confluent_kafka import Message as KMessage
 from confluent_kafka import TopicPartition as KTopicPartition
 
+from consumer.errors import ConfigError
 from consumer.records import DeadLetter, Message, Position, TopicPartition
 from consumer.settings import SECRET_MARKERS, Settings
 
@@ -101,6 +103,16 @@ _CONSUMER_ONLY_PREFIXES = (
 )
 
 
+def _config_error(exc: KafkaException) -> ConfigError:
+    """librdkafka refused the configuration: name the variable the property came from."""
+    message = str(exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else exc)
+    hint = ""
+    match = re.search(r'property:? "([^"]+)"', message)
+    if match:
+        hint = f" (set by KAFKA_{match.group(1).upper().replace('.', '_')})"
+    return ConfigError(f"the Kafka client rejected the configuration: {message}{hint}")
+
+
 def _tp(ktp: KTopicPartition) -> TopicPartition:
     return TopicPartition(ktp.topic, ktp.partition)
 
@@ -156,11 +168,14 @@ class KafkaSource:
     def __init__(self, settings: Settings, *, consumer: Any = None) -> None:
         self.config = consumer_config(settings)
         self._on_commit_listener: CommitCallback | None = None
-        self._consumer = (
-            consumer
-            if consumer is not None
-            else Consumer({**self.config, "on_commit": self._on_commit}, logger=log)
-        )
+        try:
+            self._consumer = (
+                consumer
+                if consumer is not None
+                else Consumer({**self.config, "on_commit": self._on_commit}, logger=log)
+            )
+        except KafkaException as exc:
+            raise _config_error(exc) from exc
         self._commit_lock = threading.Lock()
 
     def _on_commit(self, err: KafkaError | None, partitions: list[KTopicPartition]) -> None:
@@ -301,7 +316,10 @@ class DeadLetterProducer:
     def __init__(self, settings: Settings, *, producer: Any = None) -> None:
         self.topic = settings.dlq_topic
         self.config = producer_config(settings)
-        self._producer = producer if producer is not None else Producer(self.config, logger=log)
+        try:
+            self._producer = producer if producer is not None else Producer(self.config, logger=log)
+        except KafkaException as exc:
+            raise _config_error(exc) from exc
 
     def produce(self, dl: DeadLetter, on_done: Callable[[DeadLetter, str | None], None]) -> bool:
         """Queue one dead letter. False when the local queue is full (try again later)."""

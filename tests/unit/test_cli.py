@@ -1,0 +1,74 @@
+"""``metadata-consumer run`` with bad configuration: a clear message naming the variable and
+exit status 2 (a crash loop would restart forever), and never the secret in the output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from consumer.sandbox.broker import free_port
+
+SECRET = "s3cr3t-value-never-printed"
+BASE = {
+    "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+    "ASAPP_API_ID": "app",
+    "ASAPP_API_SECRET": SECRET,
+    "LOG_FORMAT": "text",
+}
+
+
+def run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "ASAPP_", "TOPIC_"))
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "consumer", "run"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        pytest.param({"KAFKA_BOOTSTRAP_SERVERS": ""}, "KAFKA_BOOTSTRAP_SERVERS", id="no-brokers"),
+        pytest.param({"ASAPP_API_SECRET": ""}, "ASAPP_API_SECRET", id="no-secret"),
+        pytest.param({"BATCH_MAX_ITEMS": "1001"}, "BATCH_MAX_ITEMS", id="over-api-max"),
+        pytest.param({"RATE_LIMIT_RPS": "fast"}, "RATE_LIMIT_RPS", id="not-a-number"),
+        pytest.param({"ASAPP_API_BASE_URL": "api.asapp.com"}, "ASAPP_API_BASE_URL", id="not-a-url"),
+        pytest.param(
+            {"KAFKA_ENABLE_AUTO_COMMIT": "true"}, "KAFKA_ENABLE_AUTO_COMMIT", id="reserved"
+        ),
+        pytest.param({"KAFKA_NO_SUCH_THING": "1"}, "KAFKA_NO_SUCH_THING", id="unknown-kafka-prop"),
+        pytest.param(
+            {"TOPIC_AGENT": "", "TOPIC_CONVERSATION": "", "TOPIC_CUSTOMER": ""},
+            "TOPIC_AGENT",
+            id="no-topics",
+        ),
+    ],
+)
+def test_bad_configuration_exits_2_naming_the_variable(change: dict[str, str], named: str) -> None:
+    result = run({**BASE, "METRICS_PORT": str(free_port()), **change})
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert named in output
+    assert "Traceback" not in output
+    assert SECRET not in output
+
+
+def test_metrics_port_in_use_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen(1)
+        result = run({**BASE, "METRICS_PORT": str(taken.getsockname()[1])})
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "cannot start" in output and "Traceback" not in output
+    assert SECRET not in output
