@@ -244,8 +244,10 @@ class Pipeline:
         """Flush, wait for in-flight work within the shutdown bound, commit, close."""
         started = self._stop_requested_at if self._stop_requested_at is not None else self.clock()
         total = self.config.shutdown_timeout_s
+        # The bound covers everything: draining, then the final commit, then leaving the group.
         close_budget = min(5.0, total / 5)
-        drain_until = started + max(0.5, total - self.config.commit_timeout_s - close_budget - 1.0)
+        commit_budget = min(self.config.commit_timeout_s, total / 4)
+        drain_until = started + max(0.5, total - commit_budget - close_budget - 1.0)
         log.info("stopping: draining in-flight work", extra={"event": "stop"})
         for batch in self.batcher.flush("shutdown"):
             self._submit(batch)
@@ -260,7 +262,7 @@ class Pipeline:
         self.dlq.poll()
         self._drain_completions()
         self._closing = True
-        self.commit(final=True)
+        self.commit(final=True, timeout_s=commit_budget)
         self.source.close(close_budget)
         self.sender.stop()
         log.info(
