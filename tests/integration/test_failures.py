@@ -156,7 +156,7 @@ def test_429_slows_the_whole_pod_and_honours_retry_after(
     later = [r.t_monotonic - t429 for r in requests[first + 1 :]]
     # Requests already on the wire when the 429 arrived may land together with it; every
     # request sent after the pod learned of the 429 waits out Retry-After, whatever its entity.
-    assert all(dt < 0.05 or dt >= 1.45 for dt in later), later
+    assert all(dt < 0.3 or dt >= 1.45 for dt in later), later
     assert any(dt >= 1.45 for dt in later)
     assert env.dead_letters(idle_s=0.5) == []
     assert service.metric("asapp_consumer_retries_total", {"cause": "429"}) >= 1
