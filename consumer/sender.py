@@ -137,6 +137,9 @@ class Sender:
                 log.exception(
                     "sender failed on a %s batch; items will be retried", batch.entity.value
                 )
+                # The items go back to the loop to be sent again: don't let a deterministic
+                # failure turn into a hot loop against the API.
+                batch.cancel.wait(1.0)
                 done = {id(i.message) for i in completion.delivered}
                 done |= {id(d.message) for d in completion.dead}
                 done |= {id(i.message) for i in completion.abandoned}

@@ -193,6 +193,13 @@ class ApiSink:
                 time.monotonic() - started,
                 detail=f"network: {type(exc).__name__}: {exc}"[:300],
             )
+        except httpx.HTTPError as exc:  # e.g. an undecodable Content-Encoding: the answer's fault
+            return Outcome(
+                Kind.MALFORMED,
+                None,
+                time.monotonic() - started,
+                detail=f"unreadable response: {type(exc).__name__}: {exc}"[:300],
+            )
         outcome = classify(
             items,
             response.status_code,

@@ -375,3 +375,16 @@ def test_secret_echoed_by_the_server_is_not_carried_into_the_outcome() -> None:
     outcome = sink(echo).post(Entity.AGENT, ITEMS)
     assert outcome.kind is Kind.CLIENT_ERROR
     assert SECRET not in outcome.detail
+
+
+def test_an_undecodable_response_body_is_malformed_not_a_crash() -> None:
+    """A Content-Encoding the body does not honour makes httpx raise DecodingError, which is
+    not a TransportError; it must become a bounded MALFORMED retry, not escape ``post``."""
+
+    def bad_gzip(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-encoding": "gzip"}, content=b"not gzip at all")
+
+    outcome = sink(bad_gzip).post(Entity.AGENT, ITEMS)
+    assert outcome.kind is Kind.MALFORMED
+    assert outcome.status is None
+    assert "DecodingError" in outcome.detail
