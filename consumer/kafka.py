@@ -48,6 +48,9 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "range",
         "max.poll.interval.ms": 300000,
+        # librdkafka prefetches up to 64 MiB by default; 16 MiB (tens of thousands of events)
+        # keeps the pipeline fed and the pod's memory predictable.
+        "queued.max.messages.kbytes": 16384,
         "client.id": "asapp-metadata-consumer",
     }
     config.update(common_config(settings))

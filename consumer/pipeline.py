@@ -422,7 +422,6 @@ class Pipeline:
         item = Item(
             entity,
             str(payload["eventId"]),
-            payload,
             _dumps(payload),
             message,
             self._tp_generation.get(pos.tp, 0),

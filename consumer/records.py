@@ -9,7 +9,6 @@ from __future__ import annotations
 import enum
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
 
 class Entity(enum.StrEnum):
@@ -78,12 +77,12 @@ class Message:
 class Item:
     """One API item (already mapped and validated) and the message it came from.
 
-    ``body`` is the item serialized as JSON, computed once so batching by bytes is exact.
+    ``body`` is the item serialized as JSON, computed once so batching by bytes is exact; the
+    decoded dict is not kept (it would double the memory of every buffered message).
     """
 
     entity: Entity
     event_id: str
-    payload: dict[str, Any]
     body: bytes
     message: Message
     generation: int = 0  # assignment generation of its partition when it was consumed

@@ -33,7 +33,7 @@ def item(entity: Entity = Entity.AGENT, size: int | None = None, event_id: str =
         body = json.dumps(payload, separators=(",", ":")).encode()
         assert len(body) == size
     message = Message(Position(f"t-{entity.value}", 0, offset), b"k", b"v", 0)
-    return Item(entity, payload["eventId"], payload, body, message)
+    return Item(entity, payload["eventId"], body, message)
 
 
 def batcher(clock: FakeClock | None = None, **kw: float) -> Batcher:
@@ -50,7 +50,7 @@ def batcher(clock: FakeClock | None = None, **kw: float) -> Batcher:
 def test_request_body_is_items_array_and_size_is_exact() -> None:
     items = [item(size=40), item(size=41), item(size=77)]
     body = request_body(items)
-    assert json.loads(body) == {"items": [i.payload for i in items]}
+    assert json.loads(body) == {"items": [json.loads(i.body) for i in items]}
     assert body_size(items) == len(body)
     assert body_size([]) == len(request_body([])) == BODY_OVERHEAD
     assert body_size(items[:1]) == len(request_body(items[:1]))

@@ -28,7 +28,7 @@ def item(event_id: str, offset: int, entity: Entity = Entity.AGENT) -> Item:
     payload = {"externalAgentId": f"agent-{event_id}", "eventId": event_id}
     body = json.dumps(payload, separators=(",", ":")).encode()
     message = Message(Position("agents", 0, offset), event_id.encode(), b"avro", 1_700_000_000_000)
-    return Item(entity, event_id, payload, body, message)
+    return Item(entity, event_id, body, message)
 
 
 def batch(*event_ids: str, entity: Entity = Entity.AGENT) -> Batch:

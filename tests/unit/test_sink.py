@@ -22,7 +22,7 @@ def item(event_id: str, entity: Entity = Entity.AGENT, offset: int = 0) -> Item:
     payload = {"externalAgentId": f"a-{event_id}", "eventId": event_id}
     body = json.dumps(payload, separators=(",", ":")).encode()
     message = Message(Position("t", 0, offset), b"k", b"v", 1_700_000_000_000)
-    return Item(entity, event_id, payload, body, message)
+    return Item(entity, event_id, body, message)
 
 
 ITEMS = [item("e1", offset=1), item("e2", offset=2), item("e3", offset=3)]
