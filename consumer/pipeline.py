@@ -13,10 +13,12 @@ rebalance they are read again (at-least-once; a redelivered message carries the 
 ``eventId``).
 
 Flow per message (poll-loop thread): decode → map → validate → batch. Closed batches go to
-the :class:`~consumer.sender.Sender` threads; their :class:`~consumer.records.Completion` comes
-back here, where delivered items are finished and dead letters are produced. A dead letter's
-offset is finished only in the producer's delivery callback; if the DLQ cannot be written the
-partition is paused and the write retried, never skipped.
+the :class:`~consumer.sender.Sender` threads (a batch past its linger window stays open while
+every thread is busy, so a slow or throttled API gets fewer, fuller requests); their
+:class:`~consumer.records.Completion` comes back here, where delivered items are finished
+and dead letters are produced. A dead letter's offset is finished only in the producer's
+delivery callback; if the DLQ cannot be written the partition is paused and the write
+retried, never skipped.
 
 Pausing: a partition is paused while a batch holding its items is being retried, while its
 messages wait for the schema registry, while a dead letter of it failed to be written, and all
@@ -100,6 +102,7 @@ class SenderLike(Protocol):
     completions: Any  # queue.Queue[Completion]
 
     def submit(self, batch: Batch) -> None: ...
+    def has_capacity(self) -> bool: ...
     def stop(self) -> None: ...
 
 
@@ -218,7 +221,7 @@ class Pipeline:
         self.metrics.poll_loop_last_seconds.set(time.time())
         timeout = 0.1
         deadline = self.batcher.next_deadline()
-        if deadline is not None:
+        if deadline is not None and self.sender.has_capacity():
             timeout = max(0.0, min(timeout, deadline - now))
         for message in self.source.consume(self.config.consume_batch, timeout):
             self._process(message)
@@ -229,8 +232,11 @@ class Pipeline:
         self.dlq.poll()
         self._retry_dead_letters()
         self._retry_held()
-        for batch in self.batcher.due():
-            self._submit(batch)
+        # A batch past its linger window waits (and keeps filling) while no sender thread could
+        # take it anyway; count and byte limits still close batches as usual.
+        if self.sender.has_capacity():
+            for batch in self.batcher.due():
+                self._submit(batch)
         self._update_pauses()
         now = self.clock()
         if now >= self._next_commit:

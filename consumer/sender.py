@@ -108,6 +108,8 @@ class Sender:
         self.auth_backoff = Backoff(base_s=5.0, cap_s=max(5.0, retry_max_backoff_s), jitter=False)
         self.completions: queue.Queue[Completion] = queue.Queue()
         self._work: queue.Queue[Batch | None] = queue.Queue()
+        self._idle = 0  # threads waiting for work
+        self._idle_lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._run, name=f"sender-{i}", daemon=True)
             for i in range(threads)
@@ -120,6 +122,14 @@ class Sender:
         self.metrics.batches_sent.labels(batch.entity.value, batch.close_reason).inc()
         self._work.put(batch)
 
+    def has_capacity(self) -> bool:
+        """True when a submitted batch would be sent at once (a thread is free for it).
+
+        While every thread is busy (slow API, 429 pause, rate limit) the pipeline keeps
+        lingering batches open so they fill up: fewer, fuller requests for the same items.
+        """
+        return self._idle > self._work.qsize()
+
     def stop(self) -> None:
         """Ask the threads to exit once the queue is drained (does not wait)."""
         for _ in self._threads:
@@ -127,7 +137,11 @@ class Sender:
 
     def _run(self) -> None:
         while True:
+            with self._idle_lock:
+                self._idle += 1
             batch = self._work.get()
+            with self._idle_lock:
+                self._idle -= 1
             if batch is None:
                 return
             completion = Completion(batch)

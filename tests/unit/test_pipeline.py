@@ -288,9 +288,13 @@ class FakeSender:
         self.submitted: list[Batch] = []
         self.abandon_cancelled = False
         self.stopped = False
+        self.capacity = True
 
     def submit(self, batch: Batch) -> None:
         self.submitted.append(batch)
+
+    def has_capacity(self) -> bool:
+        return self.capacity
 
     def stop(self) -> None:
         self.stopped = True
@@ -923,3 +927,27 @@ def test_metrics_read_back_from_the_registry() -> None:
         assert rig.sample("dead_letters_total", entity="agent", reason=reason) == 1
     assert rig.sample("committed_offset", topic=TOPIC, partition="0") == 3
     assert rig.sample("committed_offset", topic=TOPIC, partition="1") == 3
+
+
+def test_a_lingering_batch_stays_open_and_fills_while_every_sender_thread_is_busy() -> None:
+    """With no sender thread free, sending a small batch at linger time would only queue it:
+    it stays open and keeps filling (fewer, fuller requests); count still closes batches."""
+    rig = Rig(max_items=3, linger_s=1.0)
+    rig.sender.capacity = False
+    rig.source.feed(rig.msg(0, 0))
+    rig.turn()
+    rig.clock.advance(5.0)  # far past the linger window
+    rig.turn()
+    assert rig.sender.submitted == [], "a lingering batch was queued behind busy threads"
+    rig.source.feed(rig.msg(0, 1), rig.msg(0, 2))
+    rig.turn()
+    assert [len(b) for b in rig.sender.submitted] == [3], "count must still close the batch"
+    assert rig.sender.submitted[0].close_reason == "count"
+    rig.source.feed(rig.msg(0, 3))
+    rig.turn()
+    rig.clock.advance(5.0)
+    rig.turn()
+    assert len(rig.sender.submitted) == 1
+    rig.sender.capacity = True  # a thread is free again: the lingering batch goes out
+    rig.turn()
+    assert [b.close_reason for b in rig.sender.submitted] == ["count", "linger"]

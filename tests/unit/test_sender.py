@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -362,3 +363,37 @@ def test_clip_keeps_utf8_valid_under_the_limit() -> None:
     assert len(clipped.encode()) <= MAX_ERROR_BYTES
     assert text.startswith(clipped)
     assert clip("short") == "short"
+
+
+def test_has_capacity_only_while_a_thread_is_free() -> None:
+    release = threading.Event()
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        release.wait(5)
+        return ok(request)
+
+    h = Harness(Script(then=slow))  # two threads
+    try:
+        wait = time.monotonic() + 2
+        while not h.sender.has_capacity() and time.monotonic() < wait:
+            time.sleep(0.01)
+        assert h.sender.has_capacity()
+        h.sender.submit(batch("a"))
+        h.sender.submit(batch("b"))
+        h.script.seen.wait(2)
+        wait = time.monotonic() + 2
+        while h.sender.has_capacity() and time.monotonic() < wait:
+            time.sleep(0.01)
+        assert not h.sender.has_capacity(), "both threads are busy"
+        h.sender.submit(batch("c"))
+        assert not h.sender.has_capacity(), "a queued batch is ahead of any new one"
+        release.set()
+        for _ in range(3):
+            h.sender.completions.get(timeout=5)
+        wait = time.monotonic() + 2
+        while not h.sender.has_capacity() and time.monotonic() < wait:
+            time.sleep(0.01)
+        assert h.sender.has_capacity()
+    finally:
+        release.set()
+        h.close()
