@@ -7,6 +7,7 @@ shut them all down, hanging requests included) and answers every request.
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -134,6 +135,25 @@ class StandInServer:
     def url(self) -> str:
         """Base URL, e.g. ``http://127.0.0.1:43210`` (no trailing slash)."""
         return f"http://{self.host}:{self._port}"
+
+    def serve_until_signalled(self, ready_line: str) -> int:
+        """Serve until SIGTERM/SIGINT (the CLI entry points), printing ``ready_line`` and the
+        URL once listening. The handlers only request the stop; this thread performs it."""
+        stop = threading.Event()
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, lambda *_: stop.set())
+        try:
+            self.start()
+            print(f"{ready_line} {self.url}", flush=True)
+            while not stop.wait(0.5):
+                pass
+        finally:
+            self.stop()
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+        return 0
 
     def _track(self, conn: socket.socket, *, add: bool) -> None:
         with self._lock:

@@ -62,7 +62,6 @@ import argparse
 import contextlib
 import json
 import random
-import signal
 import socket
 import struct
 import sys
@@ -73,7 +72,6 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
-from types import FrameType
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
@@ -775,34 +773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()  # only request it: the main thread stops the server
-
-    previous = _install_signal_handlers(request_stop)
-    try:
-        api.start()
-        print(f"emulated ASAPP API listening on {api.url}", flush=True)
-        while not stop.wait(0.5):
-            pass
-    finally:
-        api.stop()
-        _restore_signal_handlers(previous)
-    return 0
-
-
-def _install_signal_handlers(handler: Callable[[int, FrameType | None], None]) -> dict[int, Any]:
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, handler)
-    return previous
-
-
-def _restore_signal_handlers(previous: Mapping[int, Any]) -> None:
-    for signum, handler in previous.items():
-        signal.signal(signum, handler)
+    return api.serve_until_signalled("emulated ASAPP API listening on")
 
 
 if __name__ == "__main__":

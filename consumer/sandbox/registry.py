@@ -31,13 +31,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
@@ -322,30 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8081, help="0 picks a free port")
     args = parser.parse_args(argv)
     registry = SchemaRegistryStandIn(host=args.host, port=args.port)
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()  # only request it: the main thread stops the server
-
-    previous = _install_signal_handlers(request_stop)
-    try:
-        registry.start()
-        print(f"schema registry stand-in listening on {registry.url}", flush=True)
-        while not stop.wait(0.5):
-            pass
-    finally:
-        registry.stop()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    return 0
-
-
-def _install_signal_handlers(handler: Callable[[int, FrameType | None], None]) -> dict[int, Any]:
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, handler)
-    return previous
+    return registry.serve_until_signalled("schema registry stand-in listening on")
 
 
 if __name__ == "__main__":
