@@ -33,7 +33,7 @@ from consumer.decoder import (
 )
 from consumer.errors import ConfigError, ConsumerError
 from consumer.health import HealthServer, Probe
-from consumer.kafka import DeadLetterProducer, KafkaSource
+from consumer.kafka import DeadLetterProducer, KafkaSource, consumer_config, redacted
 from consumer.mapping import to_item
 from consumer.metrics import Metrics
 from consumer.pipeline import Decoder, Pipeline, PipelineConfig
@@ -179,6 +179,7 @@ def cmd_run(env: Mapping[str, str] | None = None) -> int:
             "topics": sorted(settings.topic_entities),
             "api": settings.api_base_url,
             "wire_format": "confluent" if settings.schema_registry_url else "plain",
+            "kafka": redacted(consumer_config(settings)),
         },
     )
     service.run()

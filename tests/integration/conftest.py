@@ -278,32 +278,39 @@ def env(broker: LocalBroker, request: pytest.FixtureRequest) -> Env:
     return Env(broker.bootstrap_servers, topics, dlq, f"group-{tag}")
 
 
+def service_environment(env: Env, api_url: str, **overrides: str) -> dict[str, str]:
+    """The service's environment for a test's topics and API (the only way it is configured);
+    keyword arguments override or add variables."""
+    out = {
+        "KAFKA_BOOTSTRAP_SERVERS": env.bootstrap,
+        "KAFKA_GROUP_ID": env.group,
+        "KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+        "TOPIC_AGENT": env.topics[Entity.AGENT],
+        "TOPIC_CONVERSATION": env.topics[Entity.CONVERSATION],
+        "TOPIC_CUSTOMER": env.topics[Entity.CUSTOMER],
+        "DLQ_TOPIC": env.dlq,
+        "ASAPP_API_BASE_URL": api_url,
+        "ASAPP_API_ID": API_ID,
+        "ASAPP_API_SECRET": API_SECRET,
+        "BATCH_LINGER_MS": "200",
+        "METRICS_PORT": str(free_port()),
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+        "RETRY_MAX_BACKOFF_S": "1",
+        "SHUTDOWN_TIMEOUT_S": "15",
+    }
+    out.update({k: str(v) for k, v in overrides.items()})
+    return out
+
+
 @pytest.fixture
 def start_service(env: Env, api: EmulatedApi, tmp_path: Path) -> Iterator[Callable[..., Service]]:
     """Start the real service for this test's topics; extra keyword args become env vars."""
     started: list[Service] = []
 
     def start(**overrides: str) -> Service:
-        service_env = {
-            "KAFKA_BOOTSTRAP_SERVERS": env.bootstrap,
-            "KAFKA_GROUP_ID": env.group,
-            "KAFKA_SESSION_TIMEOUT_MS": "6000",
-            "KAFKA_HEARTBEAT_INTERVAL_MS": "500",
-            "TOPIC_AGENT": env.topics[Entity.AGENT],
-            "TOPIC_CONVERSATION": env.topics[Entity.CONVERSATION],
-            "TOPIC_CUSTOMER": env.topics[Entity.CUSTOMER],
-            "DLQ_TOPIC": env.dlq,
-            "ASAPP_API_BASE_URL": api.url,
-            "ASAPP_API_ID": API_ID,
-            "ASAPP_API_SECRET": API_SECRET,
-            "BATCH_LINGER_MS": "200",
-            "METRICS_PORT": str(free_port()),
-            "LOG_FORMAT": "json",
-            "LOG_LEVEL": "INFO",
-            "RETRY_MAX_BACKOFF_S": "1",
-            "SHUTDOWN_TIMEOUT_S": "15",
-        }
-        service_env.update({k: str(v) for k, v in overrides.items()})
+        service_env = service_environment(env, api.url, **overrides)
         service = Service(service_env, tmp_path / f"service-{len(started)}.log")
         started.append(service)
         wait_until(lambda: _health_up(service), 20, "the service's health endpoint")

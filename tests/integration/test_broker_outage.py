@@ -17,7 +17,13 @@ from consumer.records import Entity
 from consumer.sandbox.api import EmulatedApi, Faults
 from consumer.sandbox.broker import LocalBroker, free_port
 from consumer.sandbox.produce import create_topics
-from tests.integration.conftest import API_ID, API_SECRET, Env, Service, audit_commits, wait_until
+from tests.integration.conftest import (
+    Env,
+    Service,
+    audit_commits,
+    service_environment,
+    wait_until,
+)
 from tests.integration.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -47,24 +53,15 @@ def test_sigterm_with_the_broker_unreachable_exits_within_the_bound(
     create_topics(env.bootstrap, [*env.topics.values(), env.dlq], partitions=3)
     for e in Entity:
         env.produce_events(e, 100, seed=61)
-    service_env = {
-        "KAFKA_BOOTSTRAP_SERVERS": env.bootstrap,
-        "KAFKA_GROUP_ID": env.group,
-        "KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "TOPIC_AGENT": env.topics[Entity.AGENT],
-        "TOPIC_CONVERSATION": env.topics[Entity.CONVERSATION],
-        "TOPIC_CUSTOMER": env.topics[Entity.CUSTOMER],
-        "DLQ_TOPIC": env.dlq,
-        "ASAPP_API_BASE_URL": api.url,
-        "ASAPP_API_ID": API_ID,
-        "ASAPP_API_SECRET": API_SECRET,
-        "BATCH_LINGER_MS": "100",
-        "BATCH_MAX_ITEMS": "50",
-        "MAX_IN_FLIGHT": "2",
-        "METRICS_PORT": str(free_port()),
-        "SHUTDOWN_TIMEOUT_S": "6",
-        "COMMIT_TIMEOUT_S": "2",
-    }
+    service_env = service_environment(
+        env,
+        api.url,
+        BATCH_LINGER_MS="100",
+        BATCH_MAX_ITEMS="50",
+        MAX_IN_FLIGHT="2",
+        SHUTDOWN_TIMEOUT_S="6",
+        COMMIT_TIMEOUT_S="2",
+    )
     service = Service(service_env, tmp_path / "service.log")
     try:
         wait_until(env.all_committed, 60, "the first events to be committed")
