@@ -4,11 +4,15 @@
     ├── ConfigError                 crash at start-up with a message naming the variable
     ├── RetryableError              pause the partition and retry later (never dead-letter)
     │   ├── RegistryUnavailable     schema registry unreachable or 5xx
-    │   └── TransientHTTPError      5xx, timeout, connection error, malformed body (bounded)
+    │   └── BrokerError             a Kafka call failed or timed out (commit, committed...)
     ├── DeadLetterError             this message can never succeed: dead-letter it
     │   ├── DecodeError             bytes are not a valid event (reason ``decode``)
     │   └── ValidationError         event breaks the API's constraints (reason ``validation``)
     └── FatalError                  stop the process (cannot recover by retrying)
+        └── FatalKafkaError         librdkafka reported a fatal error (fenced, ACL, ...)
+
+HTTP answers are not exceptions: :mod:`consumer.sink` classifies each into an ``Outcome`` and
+:mod:`consumer.decision` says what the sender does with it.
 
 Foreign exceptions are translated at the boundary (``raise ... from exc``) and message-scoped
 errors carry the message's position.
@@ -37,8 +41,10 @@ class RegistryUnavailable(RetryableError):
     """The schema registry could not be reached or answered 5xx: an outage, not a bad message."""
 
 
-class TransientHTTPError(RetryableError):
-    """The API could not be reached or answered in a way worth retrying."""
+class BrokerError(RetryableError):
+    """A Kafka call (commit, committed offsets, ...) failed or did not finish in its bound.
+    Translated from librdkafka's ``KafkaException`` in :mod:`consumer.kafka`; the caller
+    retries later (offsets only move forward, so a lost commit is redone by the next)."""
 
 
 class DeadLetterError(ConsumerError):
@@ -61,3 +67,8 @@ class ValidationError(DeadLetterError):
 
 class FatalError(ConsumerError):
     """Unrecoverable: the process should stop."""
+
+
+class FatalKafkaError(FatalError):
+    """librdkafka reported a fatal error (e.g. a fenced idempotent producer, a consumer that
+    can never rejoin): the client is unusable and the process must restart."""

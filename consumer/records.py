@@ -71,6 +71,10 @@ class Message:
     value: bytes | None
     timestamp_ms: int | None
     headers: tuple[tuple[str, bytes], ...] = ()
+    #: A consumer error librdkafka reported for this very position (e.g. a corrupt record):
+    #: the message cannot be read, so it is dead-lettered (reason ``consume``) rather than
+    #: skipped, which would let the commit pass it.
+    error: str | None = None
 
 
 @dataclass(slots=True)
