@@ -90,6 +90,12 @@ class Item:
     body: bytes
     message: Message
     generation: int = 0  # assignment generation of its partition when it was consumed
+    #: The entity's identity (the API's required id fields joined): versions of one key reach
+    #: the API in offset order (see :mod:`consumer.dispatch`).
+    key: str = ""
+    #: Older versions of the same key this item replaced while waiting (``BATCH_COALESCE``):
+    #: they are finished together with it.
+    superseded: list[Item] = field(default_factory=list)
 
     @property
     def position(self) -> Position:

@@ -270,3 +270,66 @@ def test_invariant_holds_for_random_batches_in_random_order(seed: int) -> None:
         if tracked:
             assert tracker.committable(tp) == tracked[-1] + 1
             assert tracker.pending_count(tp) == 0
+
+
+# --------------------------------------------------------------------------- rewinds, bytes
+def test_rewind_keeps_earlier_unfinished_offsets_and_starts_a_new_generation() -> None:
+    tracker = tracker_with(0, 1, 2, 3)
+    old = tracker.generation(TP)
+    assert tracker.finish(pos(3), old)
+    assert tracker.rewind(pos(2)) == 1  # offset 2 forgotten; 3 was finished already
+    new = tracker.generation(TP)
+    assert new != old
+    tracker.track(pos(2))  # the message now at offset 2 (after truncation)
+    # A late completion of the old offset 2 must not finish the new message there.
+    assert not tracker.finish(pos(2), old)
+    assert tracker.committable(TP) == 0
+    assert tracker.finish(pos(0), old) and tracker.finish(pos(1), old)
+    assert tracker.committable(TP) == 2
+    assert tracker.finish(pos(2), new)
+    assert tracker.committable(TP) == 3
+
+
+def test_rewind_never_moves_the_commit_backwards() -> None:
+    tracker = tracker_with(0, 1, 2)
+    for offset in range(3):
+        tracker.finish(pos(offset))
+    tracker.mark_committed(TP, 3)
+    tracker.rewind(pos(1))
+    tracker.track(pos(1))
+    tracker.finish(pos(1))
+    assert tracker.to_commit() == {}  # 2 < 3 committed: nothing to commit until past it
+
+
+def test_a_released_partition_gets_a_new_generation_when_tracked_again() -> None:
+    tracker = tracker_with(0)
+    first = tracker.generation(TP)
+    tracker.forget([TP])
+    tracker.track(pos(0))
+    assert tracker.generation(TP) != first
+    assert not tracker.finish(pos(0), first)
+    assert tracker.finish(pos(0), tracker.generation(TP))
+
+
+@pytest.mark.parametrize(
+    "finish, rewind_at, expected",
+    [
+        pytest.param((), None, 60, id="all-pending"),
+        pytest.param((0, 2), None, 20, id="some-finished"),
+        pytest.param((), 1, 10, id="rewind-drops-the-tail"),
+        pytest.param((0, 1, 2), None, 0, id="all-finished"),
+    ],
+)
+def test_pending_bytes_follow_track_finish_and_rewind(
+    finish: tuple[int, ...], rewind_at: int | None, expected: int
+) -> None:
+    tracker = OffsetTracker()
+    for offset, size in enumerate((10, 20, 30)):
+        tracker.track(pos(offset), size)
+    for offset in finish:
+        tracker.finish(pos(offset))
+    if rewind_at is not None:
+        tracker.rewind(pos(rewind_at))
+    assert tracker.pending_bytes() == expected
+    tracker.forget([TP])
+    assert tracker.pending_bytes() == 0
