@@ -13,25 +13,28 @@ Endpoints (``POST``, JSON; headers ``asapp-api-id`` / ``asapp-api-secret`` on ev
     /metadata-ingestion/v1/single-{agent,convo,customer}-metadata  one item
         200 / 400 {"result": {"eventId", "error"}}
 
-``results`` are in item order; ``error`` is ``""`` or ``"FAIL_BAD_PARAMS: ERROR: <reason>"``;
-``eventId`` is the item's own when it has one (unless ``echo_event_ids`` is off), else a UUID.
+``results`` are in item order (unless ``shuffle_results``); ``error`` is ``""`` or
+``"FAIL_BAD_PARAMS: ERROR: <reason>"``; ``eventId`` is the item's own when it has one, else a
+UUID (``server_ids`` makes it a UUID for rejected items or for all of them).
 Every other failure answers ``{"error": {"requestId", "message", "code": "<status>-01"}}``.
 
 A request goes through these steps, first answer wins:
 
 1. routing: unknown path 404, wrong method 405; no ``Content-Length`` 411 (connection closed);
 2. body larger than ``max_body_bytes``: 413 (the body is drained, the connection kept);
-3. injected faults: latency, then the next ``sequence`` step, then ``reset_rate``, then
-   ``error_rate`` (random 5xx);
+3. injected faults: a ``stall`` of this entity's endpoint, then latency, then the next
+   ``sequence`` step, then ``reset_rate``, then ``error_rate`` (random 5xx);
 4. ``forbidden`` flag 403; ``reject_credentials`` flag or wrong/missing credentials 401;
 5. rate limit (token bucket, ``rate_limit_rps`` refilled per second, burst = one second's
    worth): 429 with ``Retry-After`` when a value is configured;
 6. body not JSON / not ``{"items": [...]}`` / not 1..1000 items: 400 code ``400-01``;
-7. per-item validation, then ``reject_rate`` (``FAIL_BAD_PARAMS: ERROR: injected rejection``).
+7. per-item validation, then ``reject_rate`` (``FAIL_BAD_PARAMS: ERROR: injected rejection``);
+   then ``server_ids`` and ``shuffle_results`` shape the answer.
 
 Control and inspection endpoints, no auth: ``GET /_emulator/items?entity=agent``,
-``GET /_emulator/requests``, ``GET /_emulator/stats``, ``GET|POST /_emulator/faults`` (POST
-replaces the whole fault config; the body is :meth:`Faults.from_dict`'s format),
+``GET /_emulator/receipts[?entity=agent]``, ``GET /_emulator/requests``,
+``GET /_emulator/stats``, ``GET|POST /_emulator/faults`` (POST replaces the whole fault config;
+the body is :meth:`Faults.from_dict`'s format),
 ``POST /_emulator/reset`` (clears items, request log, stats and faults),
 ``GET /_emulator/health``.
 
@@ -41,15 +44,29 @@ Fault config (JSON; every key optional)::
                   {"status": 200, "latency_ms": 250}],
      "error_rate": 0.0, "error_statuses": [503, 500], "latency_ms": 0, "latency_jitter_ms": 0,
      "reset_rate": 0.0, "reject_rate": 0.0, "retry_after_s": null, "echo_event_ids": true,
+     "server_ids": "none", "shuffle_results": false,
+     "stall": {"entity": "conversation", "hold_s": 20, "status": 503, "for_s": 25},
      "reject_credentials": false, "forbidden": false, "hang_s": 30.0, "seed": null}
 
 ``sequence`` is consumed one step per API request (control endpoints excluded): an HTTP status
 answers that status with the documented error body (``200``/``"ok"`` means "behave
 normally"), ``"reset"`` closes the connection with a TCP RST and no answer, ``"malformed"``
 answers 200 with a truncated JSON body, ``"timeout"`` holds the request ``hang_s`` seconds and
-then closes the connection without answering. ``Retry-After`` is sent on every 429 when
-``retry_after_s`` (fault) or the server's ``retry_after_s`` is set; whole numbers are sent as
-integers, fractions as decimals (non-standard, but lets tests back off briefly).
+then closes the connection without answering.
+
+``server_ids`` (the API's docs say neither whether results echo our ids nor their order):
+``"none"`` echoes each item's own ``eventId``, ``"rejected"`` answers every rejected item with a
+fresh UUID, ``"all"`` answers every item with one (``echo_event_ids: false`` is the old spelling
+of ``"all"``). ``shuffle_results`` answers the results in another order than the items (a seeded
+shuffle; rotated by one if the shuffle left them in place), so only ids can match them.
+
+``stall`` makes one entity's endpoint hang while the others answer normally: for ``for_s``
+seconds from when the fault config is set (forever when null), every request to that entity's
+endpoints is held ``hold_s`` seconds and then answered ``status`` (no items are ingested).
+
+``Retry-After`` is sent on every 429 when ``retry_after_s`` (fault) or the server's
+``retry_after_s`` is set; whole numbers are sent as integers, fractions as decimals
+(non-standard, but lets tests back off briefly).
 
 Threading: one thread per connection (``ThreadingHTTPServer``, HTTP/1.1 keep-alive,
 ``TCP_NODELAY``); all shared state sits behind one lock and item validation runs outside it.
@@ -95,7 +112,16 @@ except ImportError:  # pragma: no cover - exercised only without the sandbox ext
     _loads = json.loads
     _JSONDecodeError = json.JSONDecodeError
 
-__all__ = ["EmulatedApi", "FaultStep", "Faults", "RequestRecord", "main", "steps"]
+__all__ = [
+    "EmulatedApi",
+    "FaultStep",
+    "Faults",
+    "Receipt",
+    "RequestRecord",
+    "Stall",
+    "main",
+    "steps",
+]
 
 API_PREFIX: Final = "/metadata-ingestion/v1/"
 CONTROL_PREFIX: Final = "/_emulator/"
@@ -130,6 +156,8 @@ _MESSAGES: Final[Mapping[int, str]] = {
     503: "Service Unavailable",
 }
 _SPECIAL_STEPS: Final = frozenset({"ok", "reset", "malformed", "timeout"})
+#: ``Faults.server_ids`` modes: which results carry a server-made UUID instead of our eventId.
+SERVER_IDS: Final = ("none", "rejected", "all")
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +205,54 @@ def steps(*entries: int | str | Mapping[str, Any] | FaultStep) -> tuple[FaultSte
 
 
 @dataclass(frozen=True, slots=True)
+class Stall:
+    """One entity's endpoint hangs: each request is held ``hold_s`` then answered ``status``,
+    for ``for_s`` seconds from when the fault config is set (``None``: until replaced)."""
+
+    entity: Entity
+    hold_s: float
+    status: int = 503
+    for_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.entity, Entity):
+            raise ValueError(f"stall.entity must be an Entity, got {self.entity!r}")
+        if self.hold_s < 0:
+            raise ValueError(f"stall.hold_s must be >= 0, got {self.hold_s}")
+        if isinstance(self.status, bool) or not 400 <= self.status <= 599:
+            raise ValueError(f"stall.status must be a 4xx or 5xx code, got {self.status!r}")
+        if self.for_s is not None and self.for_s < 0:
+            raise ValueError(f"stall.for_s must be >= 0, got {self.for_s}")
+
+    @classmethod
+    def parse(cls, raw: Any) -> Stall:
+        """``{"entity": "conversation", "hold_s": 20, "status": 503, "for_s": 25}`` (``status``
+        and ``for_s`` optional; ``convo`` is accepted for the entity); ValueError otherwise."""
+        if isinstance(raw, Stall):
+            return raw
+        if not isinstance(raw, Mapping) or set(raw) - {"entity", "hold_s", "status", "for_s"}:
+            raise ValueError(f"stall {raw!r}: expected keys entity, hold_s, status, for_s")
+        entity = _ENTITY_NAMES.get(str(raw.get("entity")))
+        if entity is None:
+            raise ValueError(f"stall.entity must be one of {sorted(_ENTITY_NAMES)}")
+        for_s = raw.get("for_s")
+        return cls(
+            entity,
+            float(raw.get("hold_s", 0.0)),
+            int(raw.get("status", 503)),
+            None if for_s is None else float(for_s),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "entity": self.entity.value,
+            "hold_s": self.hold_s,
+            "status": self.status,
+            "for_s": self.for_s,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Faults:
     """What the emulator does wrong on purpose. The default is a well-behaved API."""
 
@@ -189,12 +265,19 @@ class Faults:
     reject_rate: float = 0.0
     retry_after_s: float | None = None
     echo_event_ids: bool = True
+    server_ids: str = "none"
+    shuffle_results: bool = False
+    stall: Stall | None = None
     reject_credentials: bool = False
     forbidden: bool = False
     hang_s: float = 30.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        if self.server_ids not in SERVER_IDS:
+            raise ValueError(
+                f"faults.server_ids must be one of {SERVER_IDS}, got {self.server_ids!r}"
+            )
         for name in ("error_rate", "reset_rate", "reject_rate"):
             rate = getattr(self, name)
             if not 0.0 <= rate <= 1.0:
@@ -220,6 +303,8 @@ class Faults:
         try:
             if "sequence" in values:
                 values["sequence"] = steps(*values["sequence"])
+            if values.get("stall") is not None:
+                values["stall"] = Stall.parse(values["stall"])
             if "error_statuses" in values:
                 values["error_statuses"] = tuple(int(s) for s in values["error_statuses"])
             for name in (
@@ -234,7 +319,7 @@ class Faults:
                     values[name] = float(values[name])
             if values.get("retry_after_s") is not None:
                 values["retry_after_s"] = float(values["retry_after_s"])
-            for name in ("echo_event_ids", "reject_credentials", "forbidden"):
+            for name in ("echo_event_ids", "shuffle_results", "reject_credentials", "forbidden"):
                 if name in values and not isinstance(values[name], bool):
                     raise ValueError(f"faults.{name} must be true or false")
         except TypeError as exc:
@@ -246,7 +331,13 @@ class Faults:
         out = {name: getattr(self, name) for name in self.__dataclass_fields__}
         out["sequence"] = [step.to_json() for step in self.sequence]
         out["error_statuses"] = list(self.error_statuses)
+        out["stall"] = None if self.stall is None else self.stall.to_json()
         return out
+
+    @property
+    def foreign_ids(self) -> str:
+        """The effective ``server_ids`` mode (``echo_event_ids: false`` means ``"all"``)."""
+        return self.server_ids if self.echo_event_ids else "all"
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +363,29 @@ class RequestRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """One accepted item, in the order the emulator accepted them (all entities in one log).
+
+    ``t_wall`` is when the accepting answer was decided, in seconds since the epoch (the
+    injected ``wall_clock``, ``time.time`` by default), comparable with Kafka message
+    timestamps; ``event_id`` is the item's own ``eventId`` (``None`` when it had none).
+    """
+
+    entity: Entity
+    event_id: str | None
+    item: dict[str, Any]
+    t_wall: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "entity": self.entity.value,
+            "event_id": self.event_id,
+            "item": self.item,
+            "t_wall": self.t_wall,
+        }
 
 
 @dataclass(slots=True)
@@ -324,8 +438,11 @@ class _TokenBucket:
 class EmulatedApi(StandInServer):
     """The emulated API server. Embeddable (``with EmulatedApi() as api: api.url``) or CLI.
 
-    Guarantees: items are recorded (per entity, in arrival order) only when the answer that
-    accepted them was sent; :meth:`stop` returns promptly even with hanging requests.
+    Guarantees: items are recorded (per entity, in arrival order, and in the all-entity
+    :meth:`receipts` log with their acceptance time) when the answer that accepted them is
+    decided, just before it is sent; :meth:`stop` returns promptly even with hanging requests.
+    ``clock`` times the request log, the rate limit and the ``stall`` window; ``wall_clock``
+    stamps receipts.
     """
 
     def __init__(
@@ -341,6 +458,7 @@ class EmulatedApi(StandInServer):
         faults: Faults | None = None,
         record_items: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if max_body_bytes is not None and max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be > 0, got {max_body_bytes}")
@@ -351,7 +469,7 @@ class EmulatedApi(StandInServer):
         self.max_body_bytes, self.rate_limit_rps = max_body_bytes, rate_limit_rps
         self.retry_after_s = retry_after_s
         self.record_items = record_items
-        self._clock = clock
+        self._clock, self._wall_clock = clock, wall_clock
         self._stopping = threading.Event()
         self._set_faults_locked(faults or Faults())
         self._clear_records_locked()
@@ -389,6 +507,14 @@ class EmulatedApi(StandInServer):
         with self._lock:
             return list(self._items[entity])
 
+    def receipts(self, entity: Entity | None = None) -> list[Receipt]:
+        """Accepted items with their acceptance time, in acceptance order across all entities
+        (only ``entity``'s when given; empty when ``record_items`` is off)."""
+        with self._lock:
+            if entity is None:
+                return list(self._receipts)
+            return [r for r in self._receipts if r.entity is entity]
+
     def requests(self) -> list[RequestRecord]:
         """Every API request so far, in arrival order."""
         with self._lock:
@@ -423,11 +549,13 @@ class EmulatedApi(StandInServer):
 
     def _set_faults_locked(self, faults: Faults) -> None:
         self._faults = faults
+        self._faults_since = self._clock()  # the start of a ``stall`` window
         self._sequence: deque[FaultStep] = deque(faults.sequence)
         self._rng = random.Random(faults.seed)
 
     def _clear_records_locked(self) -> None:
         self._items: dict[Entity, list[Any]] = {entity: [] for entity in Entity}
+        self._receipts: list[Receipt] = []
         self._requests: list[RequestRecord] = []
         self._statuses: Counter[int] = Counter()
         self._entity_statuses: dict[Entity, Counter[int]] = {e: Counter() for e in Entity}
@@ -542,6 +670,9 @@ class EmulatedApi(StandInServer):
 
     def _inject(self, entity: Entity) -> _Answer | None:
         """Injected latency and faults (step 3); None when the request proceeds normally."""
+        stalled = self._stall(entity)
+        if stalled is not None:
+            return stalled
         with self._lock:
             faults = self._faults
             step = self._sequence.popleft() if self._sequence else None
@@ -569,6 +700,24 @@ class EmulatedApi(StandInServer):
             with self._lock:
                 self._faults_injected += 1
         return answer
+
+    def _stall(self, entity: Entity) -> _Answer | None:
+        """The ``stall`` fault: hold this entity's request, then answer its status; None when
+        no stall is active for ``entity``."""
+        with self._lock:
+            stall = self._faults.stall
+            if stall is None or stall.entity is not entity:
+                return None
+            if stall.for_s is not None and self._clock() - self._faults_since >= stall.for_s:
+                return None
+            self._faults_injected += 1
+        self._stopping.wait(stall.hold_s)
+        return _Answer(
+            stall.status,
+            _error_body(stall.status),
+            entity=entity,
+            fault=f"stall:{stall.status}",
+        )
 
     def _step_answer(self, step: FaultStep, entity: Entity, faults: Faults) -> _Answer:
         action = step.action
@@ -604,12 +753,12 @@ class EmulatedApi(StandInServer):
         check = validator_for(entity).error
         results: list[dict[str, str]] = []
         accepted_items: list[Any] = []
-        reject_rate, echo = faults.reject_rate, faults.echo_event_ids
+        reject_rate, foreign = faults.reject_rate, faults.foreign_ids
         for item in items:
             # the hot loop of every benchmark: one validation, no allocation beyond the result
             if type(item) is dict:
                 error = check(item)
-                own_id = item.get("eventId") if echo else None
+                own_id = item.get("eventId") if foreign != "all" else None
             else:
                 error, own_id = "item: must be object", None
             if error is not None:
@@ -619,9 +768,11 @@ class EmulatedApi(StandInServer):
             else:
                 accepted_items.append(item)
                 error = ""
-            if type(own_id) is not str or not own_id:
+            if type(own_id) is not str or not own_id or (error and foreign == "rejected"):
                 own_id = str(uuid.uuid4())
             results.append({"eventId": own_id, "error": error})
+        if faults.shuffle_results and len(results) > 1:
+            self._shuffle(results)
         accepted = len(accepted_items)
         status = 200 if accepted else 400
         response: dict[str, Any]
@@ -642,6 +793,14 @@ class EmulatedApi(StandInServer):
     def _draw(self) -> float:
         with self._lock:
             return self._rng.random()
+
+    def _shuffle(self, results: list[dict[str, str]]) -> None:
+        """Reorder ``results`` in place, never leaving them in item order (2+ results)."""
+        original = list(results)
+        with self._lock:
+            self._rng.shuffle(results)
+        if results == original:
+            results.append(results.pop(0))
 
     def _record_locked(
         self, path: str, answer: _Answer, body_bytes: int, arrived: float, client: str
@@ -669,6 +828,11 @@ class EmulatedApi(StandInServer):
             self._rejected[entity] += answer.rejected
             if self.record_items and answer.accepted_items:
                 self._items[entity].extend(answer.accepted_items)
+                now = self._wall_clock()
+                for item in answer.accepted_items:
+                    event_id = item.get("eventId")
+                    own = event_id if isinstance(event_id, str) and event_id else None
+                    self._receipts.append(Receipt(entity, own, item, now))
 
     def _send(self, h: Handler, answer: _Answer) -> None:
         try:
@@ -712,6 +876,14 @@ class EmulatedApi(StandInServer):
                     400, _error_body(400, f"entity must be one of {sorted(_ENTITY_NAMES)}")
                 )
             return _Answer(200, _dumps(self.items(entity)))
+        if route == ("GET", "receipts"):
+            raw = parse_qs(query).get("entity", [""])[0]
+            only = _ENTITY_NAMES.get(raw) if raw else None
+            if raw and only is None:
+                return _Answer(
+                    400, _error_body(400, f"entity must be one of {sorted(_ENTITY_NAMES)}")
+                )
+            return _Answer(200, _dumps([r.to_dict() for r in self.receipts(only)]))
         if route == ("GET", "requests"):
             return _Answer(200, _dumps([r.to_dict() for r in self.requests()]))
         if route == ("GET", "stats"):
@@ -728,7 +900,7 @@ class EmulatedApi(StandInServer):
         if route == ("POST", "reset"):
             self.reset()
             return _Answer(200, _dumps({"status": "reset"}))
-        known = {"health", "items", "requests", "stats", "faults", "reset"}
+        known = {"health", "items", "receipts", "requests", "stats", "faults", "reset"}
         if name in known:
             return _Answer(405, _error_body(405, "Method Not Allowed"))
         return _Answer(404, _error_body(404))

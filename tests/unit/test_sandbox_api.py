@@ -13,11 +13,13 @@ import httpx
 import pytest
 
 from consumer.records import Entity
-from consumer.sandbox.api import REJECTION, EmulatedApi, Faults, FaultStep, steps
+from consumer.sandbox.api import REJECTION, EmulatedApi, Faults, FaultStep, Stall, steps
 
 AUTH = {"asapp-api-id": "id-1", "asapp-api-secret": "secret-1"}
 MANY_AGENT = "/metadata-ingestion/v1/many-agent-metadata"
 SINGLE = "/metadata-ingestion/v1/single-{}-metadata"
+MANY_CONVO = "/metadata-ingestion/v1/many-convo-metadata"
+CONVO = {"items": [{"externalConversationId": "c1", "eventId": "c-1"}]}
 
 
 @pytest.fixture
@@ -462,3 +464,154 @@ def test_non_object_items_and_blank_event_ids(api: EmulatedApi, client: httpx.Cl
     ]
     assert all(len(r["eventId"]) == 36 for r in results)  # none usable: all generated
     assert api.items(Entity.AGENT) == [{"externalAgentId": "a2"}]
+
+
+# ---- modes for the Core v2 end-to-end cases -----------------------------------------------------
+
+MIXED = {"items": [{"externalAgentId": "ok-1", "eventId": "e-1"},
+                   {"externalAgentId": "bad id", "eventId": "e-2"},
+                   {"externalAgentId": "ok-3", "eventId": "e-3"}]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("faults", "echoed"),
+    [
+        pytest.param(Faults(), ["e-1", "e-2", "e-3"], id="none"),
+        pytest.param(Faults(server_ids="rejected"), ["e-1", None, "e-3"], id="rejected"),
+        pytest.param(Faults(server_ids="all"), [None, None, None], id="all"),
+        pytest.param(Faults(echo_event_ids=False), [None, None, None], id="echo-off-means-all"),
+    ],
+)
+def test_server_made_result_ids(
+    api: EmulatedApi, client: httpx.Client, faults: Faults, echoed: list[str | None]
+) -> None:
+    api.set_faults(faults)
+    results = client.post(MANY_AGENT, json=MIXED).json()["results"]
+    assert [r["error"] == "" for r in results] == [True, False, True]  # still in item order
+    for result, own in zip(results, echoed, strict=True):
+        if own is None:
+            assert len(result["eventId"]) == 36 and result["eventId"] not in {"e-1", "e-2", "e-3"}
+        else:
+            assert result["eventId"] == own
+
+
+@pytest.mark.parametrize("count", [pytest.param(2, id="two"), pytest.param(50, id="fifty")])
+def test_shuffled_results_are_never_in_item_order(
+    api: EmulatedApi, client: httpx.Client, count: int
+) -> None:
+    api.set_faults(Faults(shuffle_results=True, seed=0))
+    body = agents(*(f"a{n}" for n in range(count)))
+    for _ in range(5):
+        results = client.post(MANY_AGENT, json=body).json()["results"]
+        ids = [r["eventId"] for r in results]
+        assert ids != [f"evt-a{n}" for n in range(count)]
+        assert sorted(ids) == sorted(f"evt-a{n}" for n in range(count))
+    # the items themselves are ingested in request order
+    assert [i["eventId"] for i in api.items(Entity.AGENT)][:count] == [
+        f"evt-a{n}" for n in range(count)
+    ]
+
+
+def test_shuffled_results_with_server_ids_for_rejected(
+    api: EmulatedApi, client: httpx.Client
+) -> None:
+    api.set_faults(Faults(shuffle_results=True, server_ids="rejected", seed=3))
+    results = client.post(MANY_AGENT, json=MIXED).json()["results"]
+    by_id = {r["eventId"]: r["error"] for r in results}
+    assert by_id.pop("e-1") == "" and by_id.pop("e-3") == ""
+    [(foreign, error)] = by_id.items()
+    assert len(foreign) == 36 and error.startswith("FAIL_BAD_PARAMS")
+
+
+def test_stall_holds_one_entity_then_answers_its_status_until_the_window_ends() -> None:
+    now = [50.0]
+    stall = Stall(Entity.CONVERSATION, hold_s=0.3, status=503, for_s=10)
+    with (
+        EmulatedApi(api_id="id-1", api_secret="secret-1", clock=lambda: now[0]) as api,
+        httpx.Client(base_url=api.url, headers=AUTH, timeout=5) as c,
+    ):
+        api.set_faults(Faults(stall=stall))
+        started = time.monotonic()
+        held = c.post(MANY_CONVO, json=CONVO)
+        held_for = time.monotonic() - started
+        started = time.monotonic()
+        other = c.post(MANY_AGENT, json=agents("a1"))
+        other_for = time.monotonic() - started
+        now[0] += 9.9
+        still = c.post(MANY_CONVO, json=CONVO).status_code
+        now[0] += 0.1  # the window is over
+        after = c.post(MANY_CONVO, json=CONVO).status_code
+    assert (held.status_code, error_code(held)) == (503, "503-01")
+    assert held_for >= 0.3
+    assert other.status_code == 200 and other_for < 0.3
+    assert (still, after) == (503, 200)
+    assert [r.fault for r in api.requests()] == ["stall:503", None, "stall:503", None]
+    assert api.items(Entity.CONVERSATION) == CONVO["items"]  # only the one after the window
+
+
+def test_stall_without_window_lasts_until_replaced(api: EmulatedApi, client: httpx.Client) -> None:
+    api.set_faults(Faults(stall=Stall(Entity.AGENT, hold_s=0.0, status=500)))
+    assert [client.post(MANY_AGENT, json=agents("a1")).status_code for _ in range(3)] == [500] * 3
+    api.set_faults(Faults())
+    assert client.post(MANY_AGENT, json=agents("a1")).status_code == 200
+
+
+def test_stall_is_set_and_read_through_the_control_endpoint(
+    api: EmulatedApi, client: httpx.Client
+) -> None:
+    config = {"stall": {"entity": "convo", "hold_s": 0, "for_s": 60}}
+    posted = client.post("/_emulator/faults", json=config)
+    assert posted.status_code == 200
+    assert posted.json()["stall"] == {
+        "entity": "conversation",
+        "hold_s": 0.0,
+        "status": 503,
+        "for_s": 60.0,
+    }
+    assert api.faults.stall == Stall(Entity.CONVERSATION, hold_s=0.0, status=503, for_s=60.0)
+    assert client.post(MANY_CONVO, json=CONVO).status_code == 503
+    assert Faults.from_dict(api.faults.to_dict()) == api.faults
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        pytest.param({"server_ids": "some"}, "server_ids", id="server-ids"),
+        pytest.param({"shuffle_results": 1}, "shuffle_results", id="shuffle-not-bool"),
+        pytest.param({"stall": {"entity": "robot", "hold_s": 1}}, "stall.entity", id="entity"),
+        pytest.param({"stall": {"entity": "agent", "hold_s": -1}}, "hold_s", id="hold"),
+        pytest.param({"stall": {"entity": "agent", "status": 200}}, "stall.status", id="status"),
+        pytest.param({"stall": {"entity": "agent", "for_s": -2}}, "for_s", id="window"),
+        pytest.param({"stall": {"entity": "agent", "hold": 1}}, "expected keys", id="key"),
+    ],
+)
+def test_new_fault_keys_reject_bad_values(config: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Faults.from_dict(config)
+
+
+def test_receipts_log_each_accepted_item_in_acceptance_order_with_wall_time() -> None:
+    wall = [1_700_000_000.0]
+    with (
+        EmulatedApi(api_id="id-1", api_secret="secret-1", wall_clock=lambda: wall[0]) as api,
+        httpx.Client(base_url=api.url, headers=AUTH, timeout=5) as c,
+    ):
+        c.post(MANY_AGENT, json=MIXED)
+        wall[0] += 2.5
+        c.post(MANY_CONVO, json=CONVO)
+        c.post(MANY_AGENT, json={"items": [{"externalAgentId": "no-id"}]})
+        served = c.get("/_emulator/receipts", params={"entity": "conversation"}).json()
+        bad = c.get("/_emulator/receipts", params={"entity": "robot"}).status_code
+    receipts = api.receipts()
+    assert [(r.entity, r.event_id, r.t_wall) for r in receipts] == [
+        (Entity.AGENT, "e-1", 1_700_000_000.0),
+        (Entity.AGENT, "e-3", 1_700_000_000.0),
+        (Entity.CONVERSATION, "c-1", 1_700_000_002.5),
+        (Entity.AGENT, None, 1_700_000_002.5),
+    ]
+    assert receipts[1].item == {"externalAgentId": "ok-3", "eventId": "e-3"}
+    assert [r.event_id for r in api.receipts(Entity.AGENT)] == ["e-1", "e-3", None]
+    assert served == [receipts[2].to_dict()]
+    assert bad == 400
+    api.reset()
+    assert api.receipts() == []
