@@ -10,6 +10,16 @@ Determinism: record ``i`` depends only on ``(entity, seed, i)``, so
 ``generate(e, n, seed=s, start=k) == generate(e, k + n, seed=s)[k:]``; ``start`` lets a producer
 continue a stream without repeating ids.
 
+Two streams for the end-to-end fault cases:
+
+- :func:`generate_versions`: many versions of few entity ids. Every version of one id keeps the
+  id's fields (:func:`identity`), carries its own ``eventId`` and a ``version`` attribute (both
+  reach the API item, so the API's log tells which version it accepted last), and the versions
+  of one id appear in increasing order in the stream.
+- :func:`oversized_event`: one record that is valid Avro but whose free-text field is far
+  beyond the API's ``maxLength``, sized so its plain encoding is exactly ``size_bytes`` (a
+  dead letter carrying it is larger than a producer's default ``message.max.bytes`` of 1 MB).
+
 :func:`encode_plain` and :func:`encode_confluent` produce the two wire formats the decoder reads.
 """
 
@@ -26,8 +36,21 @@ from fastavro.types import Schema as AvroSchema
 
 from consumer.records import Entity
 from consumer.schemas import reader_schema
+from consumer.validation import item_schema
 
-__all__ = ["encode_confluent", "encode_plain", "generate"]
+__all__ = [
+    "VERSION_ATTRIBUTE",
+    "encode_confluent",
+    "encode_plain",
+    "generate",
+    "generate_versions",
+    "identity",
+    "oversized_event",
+    "version_of",
+]
+
+#: Name of the attribute :func:`generate_versions` numbers its versions with.
+VERSION_ATTRIBUTE = "version"
 
 _FIRST = (
     "Jane", "John", "Linda", "Carlos", "Mei", "Aisha", "Noah", "Olivia", "Ravi", "Sofia",
@@ -178,6 +201,84 @@ def generate(entity: Entity, n: int, *, seed: int = 0, start: int = 0) -> list[d
             record["eventId"] = f"evt-{entity.value}-{seed}-{i}"
         out.append(record)
     return out
+
+
+def identity(entity: Entity, record: Mapping[str, Any]) -> tuple[str, ...]:
+    """The values of the API's required id fields of ``entity`` (its ``required`` list, in the
+    spec's order): what makes two records versions of one entity."""
+    return tuple(str(record[name]) for name in _id_fields(entity))
+
+
+def _id_fields(entity: Entity) -> tuple[str, ...]:
+    return tuple(item_schema(entity)["required"])
+
+
+def generate_versions(
+    entity: Entity, ids: int, versions: int, *, seed: int = 0
+) -> list[dict[str, Any]]:
+    """``ids * versions`` records: ``versions`` rounds, each holding one new version of every id
+    in a shuffled order (deterministic for ``seed``).
+
+    Version ``v`` of id ``i`` has the id fields of :func:`generate`'s record ``i``, other fields
+    drawn afresh, ``eventId`` ``ver-<entity>-<seed>-<i>-<v>`` and the attribute
+    ``{"name": "version", "value": "<v>"}``; every record passes the API's constraints.
+    """
+    base = generate(entity, ids, seed=seed)
+    build = _BUILDERS[entity]
+    id_fields = _id_fields(entity)
+    out: list[dict[str, Any]] = []
+    for v in range(versions):
+        order = list(range(ids))
+        random.Random(f"order:{entity.value}:{seed}:{v}").shuffle(order)
+        for i in order:
+            record = build(random.Random(f"{entity.value}:{seed}:{i}:v{v}"), i)
+            record.update({name: base[i][name] for name in id_fields})
+            record["eventId"] = f"ver-{entity.value}-{seed}-{i}-{v}"
+            extra = [a for a in record.get("attributes", []) if a["name"] != VERSION_ATTRIBUTE]
+            record["attributes"] = [*extra, {"name": VERSION_ATTRIBUTE, "value": str(v)}]
+            out.append(record)
+    return out
+
+
+def version_of(item: Mapping[str, Any]) -> int | None:
+    """The ``version`` attribute of a record or API item, None when it has none."""
+    for attribute in item.get("attributes") or ():
+        if attribute.get("name") == VERSION_ATTRIBUTE:
+            return int(attribute["value"])
+    return None
+
+
+#: The free-text field :func:`oversized_event` fills (API ``maxLength`` 256 for each).
+_OVERSIZED_FIELD = {
+    Entity.AGENT: "agentName",
+    Entity.CONVERSATION: "businessRule",
+    Entity.CUSTOMER: "userId",
+}
+
+
+def oversized_event(
+    entity: Entity, *, size_bytes: int = 1_040_000, seed: int = 0, index: int = 0
+) -> dict[str, Any]:
+    """:func:`generate`'s record ``index`` with one string field (``agentName``,
+    ``businessRule`` or ``userId``) padded so that ``encode_plain(entity, record)`` is exactly
+    ``size_bytes`` long. Valid Avro; the API (and our validator) reject it for ``maxLength``.
+
+    Raises ValueError when ``size_bytes`` is too small to break the field's maximum length.
+    """
+    record = generate(entity, 1, seed=seed, start=index)[0]
+    name = _OVERSIZED_FIELD[entity]
+    record[name] = ""
+    pad = size_bytes - len(encode_plain(entity, record))
+    # the string's length prefix (a zigzag varint) grows with it: settle in a few steps
+    for _ in range(4):
+        record[name] = "x" * max(pad, 0)
+        excess = len(encode_plain(entity, record)) - size_bytes
+        if excess == 0:
+            break
+        pad -= excess
+    if len(encode_plain(entity, record)) != size_bytes or pad <= 1024:
+        raise ValueError(f"cannot build a {entity.value} event of exactly {size_bytes} bytes")
+    return record
 
 
 def encode_plain(entity: Entity, record: Mapping[str, Any]) -> bytes:

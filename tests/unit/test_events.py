@@ -8,12 +8,21 @@ from typing import Any
 
 import pytest
 import yaml
+from confluent_kafka import KafkaError, KafkaException, Producer
 from fastavro.validation import validate
 
 from consumer.decoder import PlainAvroDecoder, RegistryAvroDecoder
 from consumer.mapping import FIELDS, to_item
 from consumer.records import Entity
-from consumer.sandbox.events import encode_confluent, encode_plain, generate
+from consumer.sandbox.events import (
+    encode_confluent,
+    encode_plain,
+    generate,
+    generate_versions,
+    identity,
+    oversized_event,
+    version_of,
+)
 from consumer.schemas import reader_schema, schema_text
 from consumer.validation import validator_for
 
@@ -135,3 +144,63 @@ def test_generated_items_pass_the_service_validator(entity: Entity) -> None:
     for offset, record in enumerate(generate(entity, N, seed=11)):
         item = to_item(entity, record, topic="t", partition=0, offset=offset)
         assert validator.error(item) is None, item
+
+
+@pytest.mark.parametrize("entity", ENTITIES)
+def test_versions_keep_their_id_and_are_numbered_in_stream_order(entity: Entity) -> None:
+    ids, versions = 7, 5
+    records = generate_versions(entity, ids, versions, seed=4)
+    assert len(records) == ids * versions
+    by_id: dict[tuple[str, ...], list[int]] = {}
+    for record in records:
+        by_id.setdefault(identity(entity, record), []).append(version_of(record) or 0)
+    assert len(by_id) == ids
+    assert all(seen == list(range(versions)) for seen in by_id.values())
+    assert len({r["eventId"] for r in records}) == ids * versions
+    validator, schema = validator_for(entity), reader_schema(entity)
+    decoder = PlainAvroDecoder(entity)
+    for offset, record in enumerate(records):
+        assert validate(record, schema, raise_errors=True)
+        item = to_item(entity, decoder.decode(encode_plain(entity, record)), topic="t",
+                       partition=0, offset=offset)  # fmt: skip
+        assert validator.error(item) is None, item
+        # what the API receives tells which version it is
+        assert (item["eventId"], version_of(item)) == (record["eventId"], version_of(record))
+    first_round = [identity(entity, r) for r in records[:ids]]
+    second_round = [identity(entity, r) for r in records[ids : 2 * ids]]
+    assert first_round != second_round, "ids are interleaved in a different order each round"
+    assert generate_versions(entity, ids, versions, seed=4) == records
+
+
+@pytest.mark.parametrize("entity", ENTITIES)
+def test_oversized_event_is_valid_avro_of_the_exact_size_that_breaks_max_length(
+    entity: Entity,
+) -> None:
+    record = oversized_event(entity, size_bytes=1_040_000)
+    value = encode_plain(entity, record)
+    assert len(value) == 1_040_000
+    assert validate(record, reader_schema(entity), raise_errors=True)
+    decoded = PlainAvroDecoder(entity).decode(value)
+    item = to_item(entity, decoded, topic="t", partition=0, offset=0)
+    error = validator_for(entity).error(item)
+    field = {Entity.AGENT: "agentName", Entity.CONVERSATION: "businessRule"}.get(entity, "userId")
+    assert error == f"{field}: longer than 256 characters"
+
+
+def test_oversized_event_refuses_a_size_that_would_not_break_the_limit() -> None:
+    with pytest.raises(ValueError, match="exactly"):
+        oversized_event(Entity.AGENT, size_bytes=300)
+
+
+def test_a_dead_letter_of_the_oversized_event_is_refused_by_a_default_producer() -> None:
+    """The premise of the oversized-dead-letter case: librdkafka's ``message.max.bytes``
+    (1,000,000 by default) refuses the value synchronously, inside ``produce``."""
+    value = encode_plain(Entity.AGENT, oversized_event(Entity.AGENT))
+    producer = Producer({"bootstrap.servers": "127.0.0.1:9", "log_level": 0})
+    try:
+        with pytest.raises(KafkaException) as refused:
+            producer.produce("dlq", value=value, headers=[("dlq.reason", b"validation")])
+        assert refused.value.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE
+    finally:
+        producer.purge()
+        producer.flush(0)
