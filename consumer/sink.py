@@ -1,24 +1,31 @@
 """The only httpx user: POST a batch to its ``many-*`` endpoint and classify the answer.
 
 :meth:`ApiSink.post` never raises for anything the server or the network does; it returns an
-:class:`Outcome` whose ``kind`` tells the sender what to do:
+:class:`Outcome` whose ``kind`` says what the answer was (:mod:`consumer.decision` says what
+the sender does with it):
 
 ========================  =====================================================================
 kind                      meaning
 ========================  =====================================================================
-``DELIVERED``             200; per-item results in ``rejected`` (empty when all accepted)
+``DELIVERED``             200 whose results we could match; per-item failures in ``rejected``
 ``ALL_REJECTED``          400 with per-item results: every item failed validation
-``CONFLICT``              409: ASAPP says the entity is already persisted (delivered)
+``CONFLICT``              409: "already persisted" (documented for one entity, not for a batch)
 ``TOO_LARGE``             413: split and resend
 ``RATE_LIMITED``          429: back off pod-wide (``retry_after_s`` from ``Retry-After``)
-``TRANSIENT``             5xx, timeout, connection error: retry without limit
-``AUTH``                  401 / 403: credentials problem, never dead-letter
-``CLIENT_ERROR``          other 4xx (404, 422, a 400 without per-item results): dead-letter
-``MALFORMED``             a 200/400 whose body cannot be read or matched to the items
+``TRANSIENT``             5xx, 408, timeout, connection error: retry without limit
+``AUTH``                  401: the credentials are rejected (pod-wide, never dead-letter)
+``FORBIDDEN``             403: this app may not use this endpoint (that entity only)
+``REDIRECTED``            3xx: a wrong ``ASAPP_API_BASE_URL`` (pod-wide, never dead-letter)
+``CLIENT_ERROR``          other 4xx (404, 422), or a 400 whose results cannot be read
+``MALFORMED``             a 200 whose body cannot be read or matched to the items, or that
+                          says more items failed than it names; any other status
 ========================  =====================================================================
 
-Per-item results are matched to items by ``eventId`` (we always send one); by position only
-when the server's ids do not match ours and the counts agree.
+Per-item results are matched to items by ``eventId`` (we always send one); results with ids
+that are not ours go to the unmatched items by position when both leftovers are as long; see
+:func:`match_results` for when a pairing is trusted. An item is never counted delivered when
+the body says some item failed (``errorCount`` or an ``error``) and we cannot tell which.
+A ``Retry-After`` of zero (or a date already past) is no hint: the caller's backoff applies.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 import time
 from collections import defaultdict, deque
 from collections.abc import Sequence
@@ -50,6 +58,8 @@ class Kind(enum.Enum):
     RATE_LIMITED = "rate_limited"
     TRANSIENT = "transient"
     AUTH = "auth"
+    FORBIDDEN = "forbidden"
+    REDIRECTED = "redirected"
     CLIENT_ERROR = "client_error"
     MALFORMED = "malformed"
 
@@ -68,17 +78,19 @@ class Outcome:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds (delta-seconds or HTTP-date); None when absent or invalid."""
+    """``Retry-After`` as seconds >= 0 (delta-seconds or HTTP-date); None when absent or invalid."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
         return None
     return max(0.0, when - (time.time() if now is None else now))
 
@@ -93,45 +105,101 @@ def _error_message(content: bytes) -> str:
     """``error.code: error.message`` of ASAPP's error body, else an excerpt."""
     try:
         err = json.loads(content)["error"]
-        return f"{err.get('code', '')}: {err.get('message', '')}".strip(": ")
-    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"{err.get('code', '')}: {err.get('message', '')}".strip(": ")[:EXCERPT_BYTES]
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return excerpt(content)
 
 
-def match_results(items: Sequence[Item], results: Any) -> list[str] | None:
-    """Per-item error strings aligned with ``items``, or None if the results can't be matched.
+def _parse_results(results: Any) -> list[tuple[object, str]] | None:
+    """``(eventId, error)`` per result, or None when ``results`` is not a list of result objects.
 
-    Matching is by ``eventId`` (ids may repeat: the n-th result for an id goes to the n-th item
-    with it); when the server's ids are not ours, by position if the counts agree.
+    A missing or null ``error`` is ``""`` (accepted); an ``error`` that is not a string makes the
+    whole answer unreadable. ``eventId`` is kept as sent: anything but one of our ids is foreign.
     """
     if not isinstance(results, list):
         return None
-    parsed: list[tuple[Any, str]] = []
+    parsed: list[tuple[object, str]] = []
     for r in results:
         if not isinstance(r, dict):
             return None
-        error = r.get("error", "")
+        error = r.get("error")
         if error is None:
             error = ""
         if not isinstance(error, str):
             return None
         parsed.append((r.get("eventId"), error))
-    by_id: dict[str, deque[int]] = defaultdict(deque)
+    return parsed
+
+
+def _failed(error: str) -> bool:
+    return bool(error.strip())
+
+
+def match_results(items: Sequence[Item], results: Any) -> list[str] | None:
+    """Per-item error strings aligned with ``items`` (``""`` = accepted), or None if the results
+    cannot be matched (the answer is then malformed).
+
+    1. By ``eventId``: a result carrying one of our ids goes to the first still unmatched item
+       with that id (ids repeat only when a batch holds the same event twice).
+    2. The results whose ids are not ours (a server-made id, none, or one more than we sent)
+       go to the items left unmatched, by position, only when both leftovers have the same
+       length; otherwise None.
+    3. A pairing is a guess wherever two items could have swapped results: among the leftovers
+       of step 2, and among items sharing an id. The guess is trusted only when the server
+       visibly kept our order (every id-matched result sits at its item's index) or when
+       swapping cannot matter (every result of the group has the same verdict). Otherwise the
+       response says some of the group failed and we cannot tell which: every item of that
+       group gets an error saying so, so none of them is counted delivered.
+    """
+    parsed = _parse_results(results)
+    if parsed is None:
+        return None
+    slots: dict[str, deque[int]] = defaultdict(deque)
+    for index, item in enumerate(items):
+        slots[item.event_id].append(index)
+    aligned: list[str | None] = [None] * len(items)
+    foreign: list[str] = []
+    ordered = True
+    for position, (event_id, error) in enumerate(parsed):
+        free = slots.get(event_id) if isinstance(event_id, str) else None
+        if free:
+            index = free.popleft()
+            aligned[index] = error
+            ordered = ordered and index == position
+        else:
+            foreign.append(error)
+    left = [index for index, error in enumerate(aligned) if error is None]
+    if len(left) != len(foreign):
+        return None
+    for index, error in zip(left, foreign, strict=True):
+        aligned[index] = error
+    errors = [error or "" for error in aligned]
+    if not ordered:
+        groups = [left, *_shared_ids(items)]
+        for group in groups:
+            _blur(errors, group)
+    return errors
+
+
+def _shared_ids(items: Sequence[Item]) -> list[list[int]]:
+    """Indices of the items whose ``eventId`` occurs more than once, grouped by id."""
+    by_id: dict[str, list[int]] = defaultdict(list)
     for index, item in enumerate(items):
         by_id[item.event_id].append(index)
-    aligned: list[str | None] = [None] * len(items)
-    matched = True
-    for event_id, error in parsed:
-        slots = by_id.get(event_id) if isinstance(event_id, str) else None
-        if not slots:
-            matched = False
-            break
-        aligned[slots.popleft()] = error
-    if matched and all(a is not None for a in aligned):
-        return [a for a in aligned if a is not None]
-    if len(parsed) == len(items):
-        return [error for _, error in parsed]
-    return None
+    return [group for group in by_id.values() if len(group) > 1]
+
+
+def _blur(errors: list[str], group: Sequence[int]) -> None:
+    """If ``group``'s results disagree, fail every item of it with an error that says so."""
+    failed = [errors[i] for i in group if _failed(errors[i])]
+    if not failed or len(failed) == len(group):
+        return
+    note = (
+        f"cannot tell which of {len(group)} items failed ({len(failed)} did, results unmatched):"
+        f" {failed[0]}"
+    )
+    for i in group:
+        errors[i] = note
 
 
 class ApiSink:
@@ -139,6 +207,10 @@ class ApiSink:
 
     Thread-safe (one ``httpx.Client`` shared by the sender threads). The credentials are sent
     as ``asapp-api-id`` / ``asapp-api-secret`` headers and never appear in an Outcome.
+
+    ``max_connections`` is per entity, like the sender's ``threads`` (one connection per sender
+    thread of an entity's lane): the pool holds that many for each of the three entities, so a
+    hanging endpoint can never take the connections the other entities' threads need.
     """
 
     def __init__(
@@ -152,6 +224,7 @@ class ApiSink:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._secret = api_secret
+        pool = max_connections * len(Entity)
         self._client = httpx.Client(
             base_url=base_url,
             headers={
@@ -162,8 +235,8 @@ class ApiSink:
             },
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
             limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
+                max_connections=pool,
+                max_keepalive_connections=pool,
                 keepalive_expiry=30.0,
             ),
             transport=transport,
@@ -206,6 +279,7 @@ class ApiSink:
             response.content,
             response.headers.get("retry-after"),
             time.monotonic() - started,
+            location=response.headers.get("location"),
         )
         if self._secret and self._secret in outcome.detail:
             # A proxy or debug page echoing request headers must not leak the secret into
@@ -222,65 +296,98 @@ def classify(
     content: bytes,
     retry_after: str | None,
     duration_s: float,
+    *,
+    location: str | None = None,
 ) -> Outcome:
-    """Turn an HTTP answer into an :class:`Outcome` (pure; unit-tested on its own)."""
-    if status in (200, 400):
-        try:
-            data = json.loads(content)
-        except ValueError:
-            data = None
-        results = data.get("results") if isinstance(data, dict) else None
-        if results is None and status == 400 and isinstance(data, dict) and "error" in data:
-            # A request-level 400 (not per-item): never resend unchanged.
-            return Outcome(Kind.CLIENT_ERROR, status, duration_s, detail=_error_message(content))
-        errors = match_results(items, results) if results is not None else None
-        if errors is None:
-            return Outcome(
-                Kind.MALFORMED, status, duration_s, detail=f"unreadable results: {excerpt(content)}"
-            )
-        rejected = [(item, err) for item, err in zip(items, errors, strict=True) if err.strip()]
-        if status == 400:
-            if len(rejected) != len(items):
-                # 400 promises every item failed; treat accepted-looking ones as failed too,
-                # with the server's status as the reason, rather than guess they were stored.
-                rejected = [
-                    (item, err if err.strip() else "HTTP 400 without an item error")
-                    for item, err in zip(items, errors, strict=True)
-                ]
-            return Outcome(Kind.ALL_REJECTED, status, duration_s, rejected=rejected)
-        return Outcome(
-            Kind.DELIVERED,
-            status,
-            duration_s,
-            rejected=rejected,
-            accepted=len(items) - len(rejected),
-        )
+    """Turn an HTTP answer into an :class:`Outcome` (pure; unit-tested on its own).
+
+    Total over its inputs: any status, any bytes and any ``Retry-After`` text give an Outcome,
+    never an exception. ``location`` (the ``Location`` header) only feeds a 3xx's detail.
+    """
+    if status == 200:
+        return _classify_200(items, content, duration_s)
+    if status == 400:
+        return _classify_400(items, content, duration_s)
+    detail = _error_message(content)
     if status == 409:
-        return Outcome(
-            Kind.CONFLICT, status, duration_s, accepted=len(items), detail=_error_message(content)
-        )
+        return Outcome(Kind.CONFLICT, status, duration_s, detail=detail)
     if status == 413:
-        return Outcome(Kind.TOO_LARGE, status, duration_s, detail=_error_message(content))
+        return Outcome(Kind.TOO_LARGE, status, duration_s, detail=detail)
     if status == 429:
+        hint = _hint(retry_after)
+        return Outcome(Kind.RATE_LIMITED, status, duration_s, retry_after_s=hint, detail=detail)
+    if status == 401:
+        return Outcome(Kind.AUTH, status, duration_s, detail=detail)
+    if status == 403:
+        return Outcome(Kind.FORBIDDEN, status, duration_s, detail=detail)
+    if 300 <= status < 400:
+        where = f"redirected to {location[:200]}" if location else "redirect"
+        return Outcome(Kind.REDIRECTED, status, duration_s, detail=f"{where}: {detail}")
+    if 500 <= status < 600 or status == 408:
+        hint = _hint(retry_after)
+        return Outcome(Kind.TRANSIENT, status, duration_s, retry_after_s=hint, detail=detail)
+    if 400 <= status < 500:
+        return Outcome(Kind.CLIENT_ERROR, status, duration_s, detail=detail)
+    return Outcome(
+        Kind.MALFORMED, status, duration_s, detail=f"unexpected status: {excerpt(content)}"
+    )
+
+
+def _hint(retry_after: str | None) -> float | None:
+    """A usable ``Retry-After``: a zero (``0``, a date already past) is no hint at all, so the
+    caller's own backoff (ASAPP's advised 1 s for a first 429) applies instead of zero."""
+    seconds = parse_retry_after(retry_after)
+    return seconds if seconds else None
+
+
+def _results(content: bytes) -> tuple[Any, Any]:
+    """``(body, body["results"])`` of a JSON object body; ``(None, None)`` when unreadable."""
+    try:
+        data = json.loads(content)
+    except (ValueError, RecursionError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    return data, data.get("results")
+
+
+def _classify_200(items: Sequence[Item], content: bytes, duration_s: float) -> Outcome:
+    data, results = _results(content)
+    errors = match_results(items, results) if results is not None else None
+    if data is None or errors is None:
         return Outcome(
-            Kind.RATE_LIMITED,
-            status,
+            Kind.MALFORMED, 200, duration_s, detail=f"unreadable results: {excerpt(content)}"
+        )
+    reported = data.get("errorCount")
+    failed = sum(1 for _, error in _parse_results(results) or () if _failed(error))
+    if reported is not None and (
+        type(reported) is not int or reported != failed  # bool is an int: exclude it
+    ):
+        # The body says a different number of items failed than it names: we cannot tell
+        # which, so nothing of it may count as delivered.
+        return Outcome(
+            Kind.MALFORMED,
+            200,
             duration_s,
-            retry_after_s=parse_retry_after(retry_after),
-            detail=_error_message(content),
+            detail=f"errorCount {reported!r} but {failed} failed results: {excerpt(content)}",
         )
-    if status in (401, 403):
-        return Outcome(Kind.AUTH, status, duration_s, detail=_error_message(content))
-    if status >= 500 or status == 408:
-        return Outcome(
-            Kind.TRANSIENT,
-            status,
-            duration_s,
-            retry_after_s=parse_retry_after(retry_after),
-            detail=_error_message(content),
-        )
-    if 200 <= status < 300:
-        return Outcome(
-            Kind.MALFORMED, status, duration_s, detail=f"unexpected status: {excerpt(content)}"
-        )
-    return Outcome(Kind.CLIENT_ERROR, status, duration_s, detail=_error_message(content))
+    rejected = [(item, err) for item, err in zip(items, errors, strict=True) if _failed(err)]
+    return Outcome(
+        Kind.DELIVERED, 200, duration_s, rejected=rejected, accepted=len(items) - len(rejected)
+    )
+
+
+def _classify_400(items: Sequence[Item], content: bytes, duration_s: float) -> Outcome:
+    data, results = _results(content)
+    errors = match_results(items, results) if results is not None else None
+    if errors is None:
+        # A request-level 400, or per-item results we cannot read: never resent unchanged.
+        detail = _error_message(content) if isinstance(data, dict) else excerpt(content)
+        return Outcome(Kind.CLIENT_ERROR, 400, duration_s, detail=detail)
+    # 400 promises every item failed; an accepted-looking one fails too, with the status as
+    # the reason, rather than guess it was stored.
+    rejected = [
+        (item, err if _failed(err) else "HTTP 400 without an item error")
+        for item, err in zip(items, errors, strict=True)
+    ]
+    return Outcome(Kind.ALL_REJECTED, 400, duration_s, rejected=rejected)

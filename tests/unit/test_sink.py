@@ -88,8 +88,67 @@ def rejected_ids(outcome: Outcome) -> list[tuple[str, str]]:
             id="200-missing-null-blank-errors-accepted",
         ),
         pytest.param(
+            200,
+            results(("srv-1", "BAD"), ("e1", ""), ("e3", "")),
+            Kind.DELIVERED,
+            [("e2", "BAD")],
+            id="200-server-id-for-the-rejected-one-shuffled",
+        ),
+        pytest.param(
+            200,
+            results(("e3", ""), ("srv-1", "BAD A"), ("e1", ""), ("srv-2", "BAD B")),
+            Kind.MALFORMED,
+            [],
+            id="200-more-results-than-items",
+        ),
+        pytest.param(
+            200,
+            results(("e1", ""), ("srv-1", "BAD"), ("srv-2", "")),
+            Kind.DELIVERED,
+            [("e2", "BAD")],
+            id="200-server-ids-in-our-order-by-position",
+        ),
+        pytest.param(
+            200,
+            json.dumps(
+                {"errorCount": 1, "results": [{"eventId": i} for i in ("e1", "e2", "e3")]}
+            ).encode(),
+            Kind.MALFORMED,
+            [],
+            id="200-errorcount-says-one-failed-but-none-named",
+        ),
+        pytest.param(
+            200,
+            results(("e1", ""), ("e2", "BAD"), ("e3", "")).replace(
+                b'"errorCount": 1', b'"errorCount": 0'
+            ),
+            Kind.MALFORMED,
+            [],
+            id="200-errorcount-disagrees",
+        ),
+        pytest.param(
+            200,
+            json.dumps(
+                {"errorCount": "0", "results": [{"eventId": i} for i in ("e1", "e2", "e3")]}
+            ).encode(),
+            Kind.MALFORMED,
+            [],
+            id="200-errorcount-not-an-int",
+        ),
+        pytest.param(
+            200,
+            json.dumps(
+                {"errorCount": False, "results": [{"eventId": i} for i in ("e1", "e2", "e3")]}
+            ).encode(),
+            Kind.MALFORMED,
+            [],
+            id="200-errorcount-bool",
+        ),
+        pytest.param(
             200, results(("e1", ""), ("e2", "")), Kind.MALFORMED, [], id="200-fewer-results"
         ),
+        pytest.param(200, b"[1, 2, 3]", Kind.MALFORMED, [], id="200-json-list"),
+        pytest.param(200, b"\xff\xfe", Kind.MALFORMED, [], id="200-not-utf8"),
         pytest.param(
             200,
             results(("x1", ""), ("x2", ""), ("x3", ""), ("x4", "")),
@@ -127,12 +186,25 @@ def rejected_ids(outcome: Outcome) -> list[tuple[str, str]]:
         pytest.param(
             400, error_body("400-02", "Bad request"), Kind.CLIENT_ERROR, [], id="400-generic"
         ),
-        pytest.param(400, b"not json", Kind.MALFORMED, [], id="400-non-json"),
+        pytest.param(400, b"not json", Kind.CLIENT_ERROR, [], id="400-non-json"),
+        pytest.param(400, b"{}", Kind.CLIENT_ERROR, [], id="400-no-results-no-error"),
+        pytest.param(
+            400, results(("e1", "A"), ("e2", "B")), Kind.CLIENT_ERROR, [], id="400-fewer-results"
+        ),
+        pytest.param(
+            400, b'{"results": "nope"}', Kind.CLIENT_ERROR, [], id="400-results-unreadable"
+        ),
         pytest.param(409, error_body("409-01", "exists"), Kind.CONFLICT, [], id="409"),
         pytest.param(413, error_body("413-01", "too big"), Kind.TOO_LARGE, [], id="413"),
         pytest.param(413, b"", Kind.TOO_LARGE, [], id="413-empty-body"),
         pytest.param(401, error_body("401-01", "Unauthorized"), Kind.AUTH, [], id="401"),
-        pytest.param(403, error_body("403-01", "Forbidden"), Kind.AUTH, [], id="403"),
+        pytest.param(403, error_body("403-01", "Forbidden"), Kind.FORBIDDEN, [], id="403"),
+        pytest.param(301, b"", Kind.REDIRECTED, [], id="301"),
+        pytest.param(302, b"<html>moved</html>", Kind.REDIRECTED, [], id="302"),
+        pytest.param(307, b"", Kind.REDIRECTED, [], id="307"),
+        pytest.param(308, b"", Kind.REDIRECTED, [], id="308"),
+        pytest.param(100, b"", Kind.MALFORMED, [], id="100-unexpected"),
+        pytest.param(201, b"", Kind.MALFORMED, [], id="201-unexpected"),
         pytest.param(404, error_body("404-01", "Not found"), Kind.CLIENT_ERROR, [], id="404"),
         pytest.param(422, b"unprocessable", Kind.CLIENT_ERROR, [], id="422"),
         pytest.param(408, b"", Kind.TRANSIENT, [], id="408"),
@@ -159,13 +231,56 @@ def test_results_matched_by_event_id_keep_the_item_identity() -> None:
     assert by_item == {id(ITEMS[0]): "first", id(ITEMS[2]): "third"}
 
 
-def test_duplicate_event_ids_go_to_the_nth_item_with_that_id() -> None:
+def test_duplicate_event_ids_in_our_order_go_to_the_nth_item_with_that_id() -> None:
     items = [item("dup", offset=1), item("solo", offset=2), item("dup", offset=3)]
-    content = results(("solo", ""), ("dup", "first dup bad"), ("dup", ""))
+    content = results(("dup", "first dup bad"), ("solo", ""), ("dup", ""))
     outcome = classify(items, 200, content, None, 0.0)
     assert outcome.kind is Kind.DELIVERED
     assert [(i.position.offset, err) for i, err in outcome.rejected] == [(1, "first dup bad")]
     assert outcome.accepted == 2
+
+
+def test_duplicate_event_ids_with_mixed_results_out_of_order_deliver_neither() -> None:
+    """The server reordered the results: which ``dup`` failed is a guess, so neither of the two
+    is counted delivered (the old n-th-result rule delivered one of them on a guess)."""
+    items = [item("dup", offset=1), item("solo", offset=2), item("dup", offset=3)]
+    content = results(("solo", ""), ("dup", "first dup bad"), ("dup", ""))
+    outcome = classify(items, 200, content, None, 0.0)
+    assert outcome.kind is Kind.DELIVERED
+    assert [i.position.offset for i, _ in outcome.rejected] == [1, 3]
+    assert all("cannot tell which of 2 items failed" in err for _, err in outcome.rejected)
+    assert all(err.endswith("first dup bad") for _, err in outcome.rejected)
+    assert outcome.accepted == 1
+
+
+def test_foreign_ids_with_mixed_results_out_of_order_deliver_none_of_the_leftovers() -> None:
+    """Our ids come back shuffled and two results carry server ids, one failed: the two items
+    left unmatched cannot be told apart, so neither is delivered; the id-matched one is."""
+    items = [item("e1", offset=1), item("e2", offset=2), item("e3", offset=3)]
+    content = results(("srv-a", ""), ("e1", ""), ("srv-b", "FAIL_BAD_PARAMS: x"))
+    outcome = classify(items, 200, content, None, 0.0)
+    assert outcome.kind is Kind.DELIVERED
+    assert sorted(i.event_id for i, _ in outcome.rejected) == ["e2", "e3"]
+    assert all("cannot tell which of 2 items failed" in err for _, err in outcome.rejected)
+    assert outcome.accepted == 1
+
+
+def test_the_issue_case_server_ids_for_rejected_items_and_shuffled_results() -> None:
+    """5 % rejected, answered with the server's own ids, results in another order: every
+    rejected item is dead, every accepted one delivered (the old positional fallback swapped
+    them)."""
+    items = [item(f"e{n}", offset=n) for n in range(40)]
+    bad = {3, 17, 29}
+    answer = [
+        {"eventId": f"srv-{n}" if n in bad else f"e{n}", "error": "FAIL_BAD_PARAMS: x" * (n in bad)}
+        for n in range(40)
+    ]
+    answer = answer[7:] + answer[:7]  # another order
+    content = json.dumps({"errorCount": len(bad), "results": answer}).encode()
+    outcome = classify(items, 200, content, None, 0.0)
+    assert outcome.kind is Kind.DELIVERED
+    assert sorted(i.position.offset for i, _ in outcome.rejected) == sorted(bad)
+    assert outcome.accepted == 37
 
 
 def test_more_results_for_a_duplicate_id_than_items_is_malformed() -> None:
@@ -174,9 +289,11 @@ def test_more_results_for_a_duplicate_id_than_items_is_malformed() -> None:
     assert classify(items, 200, content, None, 0.0).kind is Kind.MALFORMED
 
 
-def test_409_counts_every_item_accepted() -> None:
+def test_409_is_a_conflict_the_sender_decides_on() -> None:
+    """No item is counted accepted by the sink: a batch's 409 is split by the sender."""
     outcome = classify(ITEMS, 409, error_body("409-01", "already persisted"), None, 0.0)
-    assert outcome.accepted == 3
+    assert outcome.kind is Kind.CONFLICT
+    assert outcome.accepted == 0
     assert outcome.detail == "409-01: already persisted"
 
 
@@ -199,6 +316,9 @@ def test_detail_excerpt_is_bounded() -> None:
         pytest.param(None, None, id="absent"),
         pytest.param("", None, id="empty"),
         pytest.param("soon", None, id="garbage"),
+        pytest.param("nan", None, id="nan"),
+        pytest.param("inf", None, id="inf"),
+        pytest.param("Wed, 21 Oct 99999 07:28:10 GMT", None, id="http-date-out-of-range"),
         pytest.param("Wed, 21 Oct 2015 07:28:10 GMT", 10.0, id="http-date"),
         pytest.param("Wed, 21 Oct 2015 07:27:00 GMT", 0.0, id="http-date-past"),
     ],
@@ -214,11 +334,15 @@ def test_parse_retry_after(header: str | None, expected: float | None) -> None:
         pytest.param("3", 3.0, 3.0, id="seconds"),
         pytest.param("http-date+120", 100.0, 120.0, id="http-date"),
         pytest.param(None, None, None, id="absent"),
+        pytest.param("0", None, None, id="zero-is-no-hint"),
+        pytest.param("http-date-60", None, None, id="past-http-date-is-no-hint"),
     ],
 )
 def test_429_carries_retry_after(header: str | None, low: float | None, high: float | None) -> None:
     if header == "http-date+120":  # built at run time: collection may precede it by minutes
         header = formatdate(time.time() + 120, usegmt=True)
+    if header == "http-date-60":
+        header = formatdate(time.time() - 60, usegmt=True)
     outcome = classify(ITEMS, 429, error_body("429-01", "Too many"), header, 0.0)
     assert outcome.kind is Kind.RATE_LIMITED
     if low is None:
@@ -226,6 +350,12 @@ def test_429_carries_retry_after(header: str | None, low: float | None, high: fl
     else:
         assert outcome.retry_after_s is not None
         assert low <= outcome.retry_after_s <= high  # type: ignore[operator]
+
+
+def test_redirect_detail_names_the_location() -> None:
+    outcome = classify(ITEMS, 301, b"", None, 0.0, location="https://elsewhere.example/x")
+    assert outcome.kind is Kind.REDIRECTED
+    assert outcome.detail.startswith("redirected to https://elsewhere.example/x")
 
 
 def test_503_keeps_retry_after_hint() -> None:
