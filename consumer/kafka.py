@@ -1,5 +1,21 @@
 """The only confluent_kafka user: the group consumer and the dead-letter producer.
 
+Error boundary: every ``KafkaException`` (and every ``KafkaError`` handed to a callback) is
+translated here, so no caller imports confluent_kafka to handle an error:
+
+- a Kafka call that failed or did not finish in its bound (commit, committed offsets, pause,
+  resume, a consume the client refused) → :class:`~consumer.errors.BrokerError` (retry later);
+- a fatal client error (``err.fatal()``: a fenced static member, an idempotent producer that
+  lost its ACL...) → :class:`~consumer.errors.FatalKafkaError` (restart the process);
+- a rejected configuration → :class:`~consumer.errors.ConfigError` naming its ``KAFKA_*``
+  variable;
+- an error librdkafka reports for one record of a partition (a corrupt or undecompressable
+  record) → a :class:`~consumer.records.Message` with ``error`` set at that position, so the
+  pipeline dead-letters it instead of committing past it;
+- client-wide conditions (transport errors, all brokers down) → log lines, at most one per
+  distinct text per :data:`REPEAT_INTERVAL_S` with a repeat count (librdkafka reports a
+  refused connection about 20 times a second).
+
 Everything that can block on a broker is bounded here: commits run with a timeout (a
 synchronous commit against an unreachable broker otherwise blocks for about
 ``session.timeout.ms``, longer than Kubernetes' grace period), and so do close and flush.
@@ -10,6 +26,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -17,15 +35,33 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from confluent_kafka import Message as KMessage
 from confluent_kafka import TopicPartition as KTopicPartition
 
-from consumer.errors import ConfigError
+from consumer.errors import BrokerError, ConfigError, FatalKafkaError
 from consumer.records import DeadLetter, Message, Position, TopicPartition
 from consumer.settings import SECRET_MARKERS, Settings
 
 log = logging.getLogger(__name__)
+#: librdkafka's own log lines and client-wide error events (rate limited, see RepeatLimiter).
+client_log = logging.getLogger("consumer.kafka.client")
 
 PartitionsCallback = Callable[[list[TopicPartition]], None]
 #: ``(error or None, {partition: committed offset})`` for every finished commit.
 CommitCallback = Callable[[str | None, dict[TopicPartition, int]], None]
+#: ``(dead letter, error or None)``: the final outcome of one :meth:`DeadLetterProducer.produce`.
+DoneCallback = Callable[[DeadLetter, str | None], None]
+
+#: One log line per distinct client error text per this many seconds.
+REPEAT_INTERVAL_S = 30.0
+#: A dead letter's key is cut to this many bytes when even the value-less record is too large.
+DLQ_KEY_MAX_BYTES = 1024
+
+#: librdkafka properties the KIP-848 ``consumer`` group protocol rejects at client creation
+#: ("... is not supported for `group.protocol=consumer`"): the broker owns them there.
+CLASSIC_ONLY_PROPERTIES = (
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
+)
 
 
 def redacted(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -40,19 +76,38 @@ def common_config(settings: Settings) -> dict[str, Any]:
     return {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka_properties}
 
 
+def _variable(prop: str) -> str:
+    return "KAFKA_" + prop.upper().replace(".", "_")
+
+
 def consumer_config(settings: Settings) -> dict[str, Any]:
     """The consumer's librdkafka config. Offsets are ours to commit; a new group starts at the
     earliest retained offset (as Kafka Connect sinks do). ``KAFKA_*`` overrides win except for
-    the properties the commit invariant depends on."""
+    the properties the commit invariant depends on.
+
+    With ``KAFKA_GROUP_PROTOCOL=consumer`` (KIP-848) the assignor is the broker's (choose one
+    with ``KAFKA_GROUP_REMOTE_ASSIGNOR``) and none of :data:`CLASSIC_ONLY_PROPERTIES` is set.
+    Raises ConfigError when one of them is set by a ``KAFKA_*`` variable under that protocol.
+    """
+    kip848 = str(settings.kafka_properties.get("group.protocol", "classic")).lower() == "consumer"
     config: dict[str, Any] = {
         "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "range",
         "max.poll.interval.ms": 300000,
         # librdkafka prefetches up to 64 MiB by default; 16 MiB (tens of thousands of events)
         # keeps the pipeline fed and the pod's memory predictable.
         "queued.max.messages.kbytes": 16384,
         "client.id": "asapp-metadata-consumer",
     }
+    if not kip848:
+        config["partition.assignment.strategy"] = "range"
+    else:
+        for prop in CLASSIC_ONLY_PROPERTIES:
+            if prop in settings.kafka_properties:
+                raise ConfigError(
+                    f"{_variable(prop)} is a classic group protocol property; with "
+                    "KAFKA_GROUP_PROTOCOL=consumer the broker defines it (group.consumer.*), "
+                    f"remove {_variable(prop)}"
+                )
     config.update(common_config(settings))
     config.update(
         {
@@ -106,14 +161,84 @@ _CONSUMER_ONLY_PREFIXES = (
 )
 
 
+def _kafka_error(exc: BaseException) -> KafkaError | None:
+    arg = exc.args[0] if exc.args else None
+    return arg if isinstance(arg, KafkaError) else None
+
+
+def _text(err: KafkaError | None, exc: BaseException | None = None) -> str:
+    """``NAME: description`` of a librdkafka error (or the exception's text)."""
+    return f"{err.name()}: {err.str()}" if err is not None else str(exc)
+
+
 def _config_error(exc: KafkaException) -> ConfigError:
     """librdkafka refused the configuration: name the variable the property came from."""
-    message = str(exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else exc)
+    err = _kafka_error(exc)
+    message = err.str() if err is not None else str(exc)
     hint = ""
-    match = re.search(r'property:? "([^"]+)"', message)
+    match = re.search(r'property:? "([^"]+)"|`([a-z.]+)` is not supported', message)
     if match:
-        hint = f" (set by KAFKA_{match.group(1).upper().replace('.', '_')})"
+        hint = f" (set by {_variable(match.group(1) or match.group(2))})"
     return ConfigError(f"the Kafka client rejected the configuration: {message}{hint}")
+
+
+def translate(exc: BaseException, what: str) -> BrokerError | FatalKafkaError:
+    """A confluent_kafka exception (or our bound's timeout) as this package's error: fatal
+    client errors become FatalKafkaError, everything else BrokerError. Raise it ``from exc``."""
+    if isinstance(exc, BrokerError | FatalKafkaError):
+        return exc
+    err = _kafka_error(exc)
+    text = err.str() if err is not None else str(exc)
+    if err is not None and err.fatal():
+        return FatalKafkaError(f"{what}: fatal Kafka client error: {text}")
+    return BrokerError(f"{what} failed: {text}")
+
+
+_NUMBERS = re.compile(r"\d+")
+
+
+class RepeatLimiter:
+    """Lets one log line per distinct text through per ``interval_s``; counts the others and
+    appends the count to the next line let through ("repeated N times in the last Ns").
+
+    Texts differing only in numbers ("after 0ms", "after 1ms") count as the same text. Usable
+    as confluent_kafka's ``logger`` (it calls :meth:`log`). Thread-safe: librdkafka logs from
+    its own threads.
+    """
+
+    _MAX_KEYS = 512
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        interval_s: float = REPEAT_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._interval_s = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[int, str], tuple[float, int]] = {}
+
+    def log(self, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
+        """``logging.Logger.log``, rate limited per distinct formatted text."""
+        text = msg % args if args else msg
+        key = (level, _NUMBERS.sub("#", text))
+        now = self._clock()
+        with self._lock:
+            first, suppressed = self._seen.get(key, (None, 0))
+            if first is not None and now - first < self._interval_s:
+                self._seen[key] = (first, suppressed + 1)
+                return
+            if len(self._seen) >= self._MAX_KEYS:
+                self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self._interval_s}
+            self._seen[key] = (now, 0)
+        extra = dict(kwargs.pop("extra", None) or {})
+        if suppressed and first is not None:
+            text += f" (repeated {suppressed} times in the last {now - first:.0f}s)"
+            extra["repeated"] = suppressed
+        self._logger.log(level, "%s", text, extra=extra, **kwargs)
 
 
 def _tp(ktp: KTopicPartition) -> TopicPartition:
@@ -145,8 +270,9 @@ def to_message(m: KMessage) -> Message:
 def run_bounded(fn: Callable[[], Any], timeout_s: float, what: str) -> tuple[bool, Any]:
     """Run ``fn`` in a daemon thread; give up waiting after ``timeout_s``.
 
-    Returns (finished, result-or-exception). A call that outlives the bound keeps running in
-    its thread (librdkafka calls can't be interrupted) but no longer holds the caller.
+    Returns (finished, result-or-exception); past the bound the exception is a BrokerError. A
+    call that outlives the bound keeps running in its thread (librdkafka calls can't be
+    interrupted) but no longer holds the caller.
     """
     box: list[Any] = []
 
@@ -160,37 +286,123 @@ def run_bounded(fn: Callable[[], Any], timeout_s: float, what: str) -> tuple[boo
     thread.start()
     thread.join(timeout_s)
     if not box:
-        return False, TimeoutError(f"{what} did not finish within {timeout_s:.1f}s")
+        return False, BrokerError(f"{what} did not finish within {timeout_s:.1f}s")
     ok, value = box[0]
     return ok, value
 
 
-class KafkaSource:
-    """A group consumer over the entity topics. Not thread-safe except :meth:`commit`."""
+def _codes(*names: str) -> frozenset[int]:
+    return frozenset(int(getattr(KafkaError, n)) for n in names if hasattr(KafkaError, n))
 
-    def __init__(self, settings: Settings, *, consumer: Any = None) -> None:
+
+#: Consumer error events that carry a partition (and the fetch position) but describe the
+#: partition's or the fetcher's state, not one unreadable record: the record at that offset is
+#: fetched later, so dead-lettering it would be wrong. They are logged (rate limited).
+_NOT_A_RECORD = _codes(
+    "_PARTITION_EOF",
+    "_AUTO_OFFSET_RESET",
+    "OFFSET_OUT_OF_RANGE",
+    "OFFSET_NOT_AVAILABLE",
+    "UNKNOWN_TOPIC_OR_PART",
+    "UNKNOWN_TOPIC_ID",
+    "_UNKNOWN_TOPIC",
+    "_UNKNOWN_PARTITION",
+    "TOPIC_AUTHORIZATION_FAILED",
+    "GROUP_AUTHORIZATION_FAILED",
+    "NOT_LEADER_FOR_PARTITION",
+    "LEADER_NOT_AVAILABLE",
+    "REPLICA_NOT_AVAILABLE",
+    "KAFKA_STORAGE_ERROR",
+    "FENCED_LEADER_EPOCH",
+    "UNKNOWN_LEADER_EPOCH",
+    "_TRANSPORT",
+    "_ALL_BROKERS_DOWN",
+    "_TIMED_OUT",
+    "REQUEST_TIMED_OUT",
+    "NETWORK_EXCEPTION",
+    "_MAX_POLL_EXCEEDED",
+)
+
+
+def error_message(m: KMessage) -> Message | None:
+    """A consumer error event as the Message at its position, or None when the event is not
+    about one record (no topic, partition or offset, or a code in :data:`_NOT_A_RECORD`)."""
+    err = m.error()
+    topic, partition, offset = m.topic(), m.partition(), m.offset()
+    if err is None or not topic or partition is None or partition < 0:
+        return None
+    if offset is None or offset < 0 or err.code() in _NOT_A_RECORD:
+        return None
+    return Message(
+        position=Position(str(topic), int(partition), int(offset)),
+        key=None,
+        value=None,
+        timestamp_ms=None,
+        error=f"{err.name()}: {err.str()}",
+    )
+
+
+class KafkaSource:
+    """A group consumer over the entity topics: the pipeline's ``Source``.
+
+    Every method runs on the caller's (the poll loop's) thread; only :meth:`commit` may also
+    be called from another thread. The rebalance and commit callbacks given to
+    :meth:`subscribe` run inside :meth:`consume`, as librdkafka serves them from its poll.
+    Errors are this package's (see the module docstring), never confluent_kafka's.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        consumer: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Raises ConfigError when librdkafka rejects the configuration."""
         self.config = consumer_config(settings)
         self._on_commit_listener: CommitCallback | None = None
+        self._client_log = RepeatLimiter(client_log, clock=clock)
+        self._fatal: str | None = None
         try:
             self._consumer = (
                 consumer
                 if consumer is not None
-                else Consumer({**self.config, "on_commit": self._on_commit}, logger=log)
+                else Consumer(
+                    {**self.config, "on_commit": self._on_commit, "error_cb": self._on_error},
+                    logger=self._client_log,
+                )
             )
         except KafkaException as exc:
             raise _config_error(exc) from exc
         self._commit_lock = threading.Lock()
+
+    def _on_error(self, err: KafkaError) -> None:
+        """librdkafka's client-wide error events (served from consume)."""
+        if err.fatal():
+            if self._fatal is None:
+                self._fatal = f"{err.name()}: {err.str()}"
+                log.error(
+                    "fatal Kafka consumer error: %s", self._fatal, extra={"event": "kafka_fatal"}
+                )
+            return
+        self._client_log.log(
+            logging.WARNING,
+            "Kafka consumer error: %s: %s",
+            err.name(),
+            err.str(),
+            extra={"event": "consumer_error", "code": err.name()},
+        )
 
     def _on_commit(self, err: KafkaError | None, partitions: list[KTopicPartition]) -> None:
         listener = self._on_commit_listener
         if listener is None:
             return
         if err is not None:
-            listener(str(err), {})
+            listener(_text(err), {})
             return
         failed = [p for p in partitions if p.error is not None]
         done = {_tp(p): p.offset for p in partitions if p.error is None and p.offset >= 0}
-        listener(str(failed[0].error) if failed else None, done)
+        listener(_text(failed[0].error) if failed else None, done)
 
     def subscribe(
         self,
@@ -201,48 +413,108 @@ class KafkaSource:
         on_lost: PartitionsCallback,
         on_commit: CommitCallback | None = None,
     ) -> None:
+        """Join the group for ``topics``. ``on_assign`` / ``on_revoke`` / ``on_lost`` get the
+        partitions of each rebalance and ``on_commit(error, committed)`` the result of every
+        asynchronous commit, all from inside a later :meth:`consume`. A partition is released
+        (its fetch position and pause flag forgotten) when ``on_revoke``/``on_lost`` returns.
+        Raises BrokerError when the subscription is refused."""
         self._on_commit_listener = on_commit
-        self._consumer.subscribe(
-            list(topics),
-            on_assign=lambda _c, ps: on_assign([_tp(p) for p in ps]),
-            on_revoke=lambda _c, ps: on_revoke([_tp(p) for p in ps]),
-            on_lost=lambda _c, ps: on_lost([_tp(p) for p in ps]),
-        )
+        try:
+            self._consumer.subscribe(
+                list(topics),
+                on_assign=lambda _c, ps: on_assign([_tp(p) for p in ps]),
+                on_revoke=lambda _c, ps: on_revoke([_tp(p) for p in ps]),
+                on_lost=lambda _c, ps: on_lost([_tp(p) for p in ps]),
+            )
+        except KafkaException as exc:
+            raise translate(exc, "subscribe") from exc
 
     def consume(self, max_messages: int, timeout_s: float) -> list[Message]:
-        """Up to ``max_messages`` messages; broker-side errors are logged, never raised."""
+        """Up to ``max_messages`` messages of unpaused assigned partitions, in offset order per
+        partition, waiting at most about ``timeout_s`` for the first.
+
+        A consumer error for one record (a real topic, partition and offset: a corrupt or
+        undecompressable record) comes back as a Message at that position with ``error`` set
+        and no key or value, so it is dead-lettered, never skipped. Client-wide errors
+        (transport, all brokers down) and partition-state errors are logged, rate limited.
+        Raises FatalKafkaError on a fatal client error, BrokerError when the client refuses.
+        """
+        try:
+            batch = self._consumer.consume(num_messages=max_messages, timeout=timeout_s)
+        except KafkaException as exc:
+            raise translate(exc, "consume") from exc
+        if self._fatal is not None:
+            raise FatalKafkaError(f"fatal Kafka consumer error: {self._fatal}")
         out: list[Message] = []
-        for m in self._consumer.consume(num_messages=max_messages, timeout=timeout_s):
+        for m in batch:
             err = m.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error: %s", err, extra={"event": "consumer_error"})
-                    if err.fatal():
-                        raise KafkaException(err)
+            if err is None:
+                out.append(to_message(m))
                 continue
-            out.append(to_message(m))
+            if err.fatal():
+                raise FatalKafkaError(
+                    f"fatal Kafka consumer error: {err.name()}: {err.str()}"
+                ) from KafkaException(err)
+            record = error_message(m)
+            if record is not None:
+                pos = record.position
+                log.error(
+                    "consumer error for %s: %s; dead-lettering it",
+                    pos,
+                    record.error,
+                    extra={
+                        "event": "consumer_error",
+                        "topic": pos.topic,
+                        "partition": pos.partition,
+                        "offset": pos.offset,
+                        "code": err.name(),
+                    },
+                )
+                out.append(record)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                where = f"{m.topic()}[{m.partition()}]: " if m.topic() else ""
+                self._client_log.log(
+                    logging.WARNING,
+                    "Kafka consumer error: %s%s: %s",
+                    where,
+                    err.name(),
+                    err.str(),
+                    extra={"event": "consumer_error", "code": err.name()},
+                )
         return out
 
     def pause(self, tps: Iterable[TopicPartition]) -> None:
+        """Stop fetching ``tps``: :meth:`consume` returns none of their messages until
+        :meth:`resume` (messages already fetched stay buffered, not lost). Raises BrokerError."""
         parts = [_ktp(tp) for tp in tps]
         if parts:
-            self._consumer.pause(parts)
+            try:
+                self._consumer.pause(parts)
+            except KafkaException as exc:
+                raise translate(exc, "pause") from exc
 
     def resume(self, tps: Iterable[TopicPartition]) -> None:
+        """Fetch ``tps`` again from where they were paused. Raises BrokerError."""
         parts = [_ktp(tp) for tp in tps]
         if parts:
-            self._consumer.resume(parts)
+            try:
+                self._consumer.resume(parts)
+            except KafkaException as exc:
+                raise translate(exc, "resume") from exc
 
     def commit(
         self, offsets: Mapping[TopicPartition, int], timeout_s: float
     ) -> dict[TopicPartition, int]:
-        """Commit ``offsets`` synchronously within ``timeout_s``. Returns what was committed;
-        raises KafkaException / TimeoutError when the commit failed or did not finish."""
+        """Commit ``offsets`` (next offsets to read) synchronously within ``timeout_s``.
+
+        Returns what was committed (all of ``offsets``). Raises BrokerError when the commit
+        failed for any partition or did not finish in time (it may still complete later; a
+        later commit of higher offsets supersedes it either way)."""
         parts = [_ktp(tp, off) for tp, off in offsets.items()]
         if not parts:
             return {}
         if not self._commit_lock.acquire(timeout=timeout_s):
-            raise TimeoutError("a previous commit is still running")
+            raise BrokerError("commit: a previous commit is still running")
         try:
             ok, result = run_bounded(
                 lambda: self._consumer.commit(offsets=parts, asynchronous=False),
@@ -252,33 +524,44 @@ class KafkaSource:
         finally:
             self._commit_lock.release()
         if not ok:
-            raise result
+            raise translate(result, "commit") from result
         done: dict[TopicPartition, int] = {}
         for p in result or parts:
             if p.error is not None:
-                raise KafkaException(p.error)
+                raise BrokerError(f"commit of {p.topic}[{p.partition}] failed: {p.error.str()}")
             done[_tp(p)] = p.offset
         return done
 
     def commit_async(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Start a commit without waiting; its result reaches the ``on_commit`` callback from
-        a later :meth:`consume`. Raises KafkaException when it cannot even be started."""
+        """Start committing ``offsets`` without waiting; the result reaches the ``on_commit``
+        callback from a later :meth:`consume` (exactly once per call). Raises BrokerError
+        when the commit cannot even be started."""
         parts = [_ktp(tp, off) for tp, off in offsets.items()]
         if parts:
-            self._consumer.commit(offsets=parts, asynchronous=True)
+            try:
+                self._consumer.commit(offsets=parts, asynchronous=True)
+            except KafkaException as exc:
+                raise translate(exc, "commit") from exc
 
     def committed(
         self, tps: Iterable[TopicPartition], timeout_s: float
     ) -> dict[TopicPartition, int | None]:
-        """The group's committed offsets (None where nothing is committed)."""
-        parts = self._consumer.committed([_ktp(tp) for tp in tps], timeout=timeout_s)
-        return {
-            _tp(p): (p.offset if p.offset != OFFSET_INVALID and p.offset >= 0 else None)
-            for p in parts
-        }
+        """The group's committed offsets, asked of the broker within ``timeout_s`` (None
+        where nothing is committed). Raises BrokerError on failure or timeout."""
+        try:
+            parts = self._consumer.committed([_ktp(tp) for tp in tps], timeout=timeout_s)
+        except KafkaException as exc:
+            raise translate(exc, "committed offsets") from exc
+        out: dict[TopicPartition, int | None] = {}
+        for p in parts:
+            if p.error is not None:
+                raise BrokerError(f"committed offset of {p.topic}[{p.partition}]: {p.error.str()}")
+            out[_tp(p)] = p.offset if p.offset != OFFSET_INVALID and p.offset >= 0 else None
+        return out
 
     def high_watermark(self, tp: TopicPartition) -> int | None:
-        """The partition's high watermark as last seen by fetches (no broker round trip)."""
+        """The partition's high watermark as last seen by fetches (no broker round trip);
+        None when not known yet. Never raises."""
         try:
             _low, high = self._consumer.get_watermark_offsets(_ktp(tp), cached=True)
         except KafkaException:
@@ -286,7 +569,8 @@ class KafkaSource:
         return high if high is not None and high >= 0 else None
 
     def close(self, timeout_s: float) -> bool:
-        """Leave the group within ``timeout_s``; False when it did not finish in time."""
+        """Leave the group within ``timeout_s``; False when it failed or did not finish in
+        time (logged). Never raises."""
         ok, value = run_bounded(self._consumer.close, timeout_s, "close")
         if not ok:
             log.warning("consumer close: %s", value, extra={"event": "close_failed"})
@@ -313,46 +597,229 @@ def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
     return headers
 
 
-class DeadLetterProducer:
-    """Writes dead letters; ``on_done(dead_letter, error_or_None)`` runs in :meth:`poll`."""
+#: The DLQ cannot hold the record: refused by the client (message.max.bytes) or the broker.
+_TOO_LARGE = _codes("MSG_SIZE_TOO_LARGE", "RECORD_LIST_TOO_LARGE", "INVALID_RECORD")
+#: Writing can never succeed until an operator acts: the pod is not ready meanwhile.
+_NOT_PERMITTED = _codes("CLUSTER_AUTHORIZATION_FAILED", "TOPIC_AUTHORIZATION_FAILED")
 
-    def __init__(self, settings: Settings, *, producer: Any = None) -> None:
+
+class _Write:
+    """One dead letter's current form. Stage 0: as consumed; 1: without its value; 2: also
+    with the key cut to :data:`DLQ_KEY_MAX_BYTES`."""
+
+    __slots__ = ("dl", "on_done", "stage")
+
+    def __init__(self, dl: DeadLetter, on_done: DoneCallback, stage: int = 0) -> None:
+        self.dl, self.on_done, self.stage = dl, on_done, stage
+
+    def smaller(self) -> _Write | None:
+        """The next smaller form, None when nothing is left to cut."""
+        m = self.dl.message
+        if self.stage == 0 and m.value:
+            return _Write(self.dl, self.on_done, 1)
+        if self.stage < 2 and m.key is not None and len(m.key) > DLQ_KEY_MAX_BYTES:
+            return _Write(self.dl, self.on_done, 2)
+        return None
+
+    def record(self) -> dict[str, Any]:
+        m = self.dl.message
+        headers = dead_letter_headers(self.dl)
+        key, value = m.key, m.value
+        if self.stage >= 1 and value:
+            headers.append(("dlq.value.omitted", str(len(value)).encode()))
+            value = None
+        if self.stage >= 2 and key is not None and len(key) > DLQ_KEY_MAX_BYTES:
+            headers.append(("dlq.key.truncated", str(len(key)).encode()))
+            key = key[:DLQ_KEY_MAX_BYTES]
+        return {"key": key, "value": value, "headers": headers}
+
+
+class DeadLetterProducer:
+    """Writes dead letters to ``DLQ_TOPIC``: the pipeline's ``DeadLetters``.
+
+    Contract of :meth:`produce` ``(dl, on_done)``:
+
+    - returns False when the local queue is full: nothing was queued and ``on_done`` will not
+      be called for this call; the caller tries again later;
+    - otherwise returns True and ``on_done(dl, error_or_None)`` is called **exactly once**,
+      always later from :meth:`poll` or :meth:`flush` (never inside ``produce``), with None
+      once the broker acknowledged the record.
+
+    A dead letter the DLQ cannot hold (the client refuses it synchronously with
+    ``MSG_SIZE_TOO_LARGE``, or the broker in the delivery report: message too large, record
+    list too large, invalid record) is written again without its value, with header
+    ``dlq.value.omitted`` = the value's size in bytes, and if that is still too large with
+    its key cut to :data:`DLQ_KEY_MAX_BYTES` (``dlq.key.truncated`` = the key's size), so the
+    partition moves on and the record still points at its source coordinates (``dlq replay``
+    fetches the value from there). Only the last rewrite's outcome reaches ``on_done``.
+
+    :meth:`problem` is the reason the DLQ cannot be written until an operator acts (a fatal
+    producer error such as a missing idempotence ACL, or an authorization failure), logged
+    once when it starts; readiness reports it. An authorization problem clears with the next
+    acknowledged write; a fatal one lasts until restart.
+
+    Not thread-safe: produce, poll and flush are called from the poll loop only.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        producer: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Raises ConfigError when librdkafka rejects the configuration."""
         self.topic = settings.dlq_topic
         self.config = producer_config(settings)
+        self._clock = clock
+        self._client_log = RepeatLimiter(client_log, clock=clock)
+        self._problem: str | None = None
+        self._fatal = False
+        # outcomes decided inside produce(), handed to on_done at the next poll/flush
+        self._reports: deque[tuple[_Write, str | None]] = deque()
+        # smaller rewrites a full local queue refused inside a delivery report
+        self._rewrites: deque[_Write] = deque()
         try:
-            self._producer = producer if producer is not None else Producer(self.config, logger=log)
+            self._producer = (
+                producer
+                if producer is not None
+                else Producer({**self.config, "error_cb": self._on_error}, logger=self._client_log)
+            )
         except KafkaException as exc:
             raise _config_error(exc) from exc
 
-    def produce(self, dl: DeadLetter, on_done: Callable[[DeadLetter, str | None], None]) -> bool:
-        """Queue one dead letter. False when the local queue is full (try again later)."""
+    # ------------------------------------------------------------------ health
+    def problem(self) -> str | None:
+        """Why dead letters cannot be written (for readiness), or None."""
+        return self._problem
 
-        def report(err: KafkaError | None, _msg: KMessage) -> None:
-            on_done(dl, None if err is None else str(err))
-
-        try:
-            self._producer.produce(
-                self.topic,
-                key=dl.message.key,
-                value=dl.message.value,
-                headers=list(dead_letter_headers(dl)),
-                on_delivery=report,
+    def _note(self, err: KafkaError | None) -> None:
+        if err is None:
+            return
+        fatal = err.fatal() or err.code() == KafkaError._FATAL
+        if not fatal and err.code() not in _NOT_PERMITTED:
+            return
+        if self._fatal:
+            return
+        reason = f"dead-letter producer: {_text(err)}"
+        if fatal:
+            self._fatal = True
+            reason += " (fatal: restart needed)"
+        if self._problem is None or fatal:
+            log.error(
+                "%s; dead letters cannot be written, pod not ready",
+                reason,
+                extra={"event": "dlq_unwritable", "code": err.name()},
             )
-        except BufferError:
-            return False
-        except KafkaException as exc:
-            on_done(dl, str(exc))
-        return True
+        self._problem = reason
+
+    def _on_error(self, err: KafkaError) -> None:
+        """librdkafka's client-wide error events (served from poll/flush)."""
+        if err.fatal() or err.code() in _NOT_PERMITTED:
+            self._note(err)
+            return
+        self._client_log.log(
+            logging.WARNING,
+            "Kafka producer error: %s: %s",
+            err.name(),
+            err.str(),
+            extra={"event": "producer_error", "code": err.name()},
+        )
+
+    # ------------------------------------------------------------------ writing
+    def produce(self, dl: DeadLetter, on_done: DoneCallback) -> bool:
+        """Queue one dead letter; see the class docstring for the contract."""
+        return self._send(_Write(dl, on_done))
+
+    def _send(self, write: _Write) -> bool:
+        """Queue ``write`` (smaller forms while the client says it is too large). False only
+        when the local queue is full; any other refusal is reported at the next poll."""
+        current: _Write | None = write
+        while current is not None:
+            w = current
+            try:
+                self._producer.produce(self.topic, **w.record(), on_delivery=self._report(w))
+                return True
+            except BufferError:
+                return False
+            except KafkaException as exc:
+                err = _kafka_error(exc)
+                current = w.smaller() if err is not None and err.code() in _TOO_LARGE else None
+                if current is not None:
+                    self._omitting(w, _text(err, exc))
+                    continue
+                self._note(err)
+                self._reports.append((w, _text(err, exc)))
+                return True
+        return True  # pragma: no cover - the loop always returns
+
+    def _report(self, w: _Write) -> Callable[[KafkaError | None, KMessage], None]:
+        return lambda err, _msg: self._delivered(w, err)
+
+    def _omitting(self, w: _Write, error: str) -> None:
+        pos = w.dl.message.position
+        log.warning(
+            "dead letter of %s is too large for %s (%s); writing it %s",
+            pos,
+            self.topic,
+            error,
+            "without its value" if w.stage == 0 else "with its key cut",
+            extra={
+                "event": "dlq_value_omitted" if w.stage == 0 else "dlq_key_truncated",
+                "topic": pos.topic,
+                "partition": pos.partition,
+                "offset": pos.offset,
+            },
+        )
+
+    def _delivered(self, w: _Write, err: KafkaError | None) -> None:
+        """Delivery report of one write (runs inside poll/flush)."""
+        if err is None:
+            if self._problem is not None and not self._fatal:
+                log.info("dead-letter topic writable again", extra={"event": "dlq_writable"})
+                self._problem = None
+            w.on_done(w.dl, None)
+            return
+        smaller = w.smaller() if err.code() in _TOO_LARGE else None
+        if smaller is not None:
+            self._omitting(w, _text(err))
+            if not self._send(smaller):
+                self._rewrites.append(smaller)
+            return
+        self._note(err)
+        w.on_done(w.dl, _text(err))
+
+    def _settle(self) -> None:
+        """Retry rewrites a full queue refused, then hand out synchronous outcomes."""
+        for _ in range(len(self._rewrites)):
+            w = self._rewrites.popleft()
+            if not self._send(w):
+                self._rewrites.appendleft(w)
+                break
+        while self._reports:
+            w, error = self._reports.popleft()
+            w.on_done(w.dl, error)
 
     def poll(self) -> None:
+        """Serve delivery reports: every ``on_done`` due runs now. Never blocks."""
         self._producer.poll(0)
+        self._settle()
 
     def flush(self, timeout_s: float) -> int:
-        """Wait up to ``timeout_s`` for outstanding dead letters; returns how many remain."""
-        return int(self._producer.flush(timeout_s))
+        """Wait up to ``timeout_s`` for outstanding dead letters, serving their reports;
+        returns how many are still without an outcome."""
+        deadline = self._clock() + timeout_s
+        while True:
+            self._settle()
+            remaining = int(self._producer.flush(max(0.0, deadline - self._clock())))
+            self._settle()
+            left = remaining + len(self._rewrites)
+            if left == 0 or self._clock() >= deadline:
+                return left
 
     def close(self) -> None:
         """Drop whatever is still unacknowledged (its offsets were not committed, so it will be
         dead-lettered again after restart) so the producer's teardown cannot block exit."""
+        self._rewrites.clear()
         self._producer.purge(in_queue=True, in_flight=True, blocking=False)
         self._producer.flush(0)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.kafka import consumer_config, dead_letter_headers, producer_config, redacted
+from consumer.errors import ConfigError
+from consumer.kafka import (
+    CLASSIC_ONLY_PROPERTIES,
+    KafkaSource,
+    consumer_config,
+    dead_letter_headers,
+    producer_config,
+    redacted,
+)
 from consumer.records import DeadLetter, Entity, Message, Position
 from consumer.settings import Settings
 
@@ -174,3 +182,49 @@ def test_redacted_consumer_config_hides_the_password() -> None:
     config = consumer_config(settings(KAFKA_SASL_PASSWORD="pw-456"))
     assert "pw-456" not in repr(redacted(config))
     assert config["sasl.password"] == "pw-456"  # the real config is untouched
+
+
+# --------------------------------------------------------------------------- KIP-848
+@pytest.mark.parametrize(
+    ("env", "assignor"),
+    [
+        pytest.param({}, "range", id="classic-default"),
+        pytest.param({"KAFKA_GROUP_PROTOCOL": "classic"}, "range", id="classic-explicit"),
+        pytest.param({"KAFKA_GROUP_PROTOCOL": "consumer"}, None, id="kip848"),
+        pytest.param({"KAFKA_GROUP_PROTOCOL": "CONSUMER"}, None, id="kip848-upper-case"),
+        pytest.param(
+            {"KAFKA_PARTITION_ASSIGNMENT_STRATEGY": "roundrobin"},
+            "roundrobin",
+            id="classic-override",
+        ),
+    ],
+)
+def test_group_protocol_decides_the_assignor(env: dict[str, str], assignor: str | None) -> None:
+    config = consumer_config(settings(**env))
+    assert config.get("partition.assignment.strategy") == assignor
+    assert config["enable.auto.commit"] is False
+
+
+def test_kip848_config_sets_no_classic_only_property_and_librdkafka_accepts_it() -> None:
+    """The built config is accepted by the real client (creation checks it; no broker)."""
+    config = consumer_config(
+        settings(KAFKA_GROUP_PROTOCOL="consumer", KAFKA_GROUP_REMOTE_ASSIGNOR="uniform")
+    )
+    assert not set(CLASSIC_ONLY_PROPERTIES) & set(config)
+    assert config["group.remote.assignor"] == "uniform"
+    source = KafkaSource(
+        settings(KAFKA_GROUP_PROTOCOL="consumer", KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+    )
+    assert source.close(5.0)
+
+
+@pytest.mark.parametrize("prop", CLASSIC_ONLY_PROPERTIES)
+def test_kip848_with_a_classic_only_property_is_a_config_error_naming_it(prop: str) -> None:
+    name = "KAFKA_" + prop.upper().replace(".", "_")
+    with pytest.raises(ConfigError, match=name):
+        consumer_config(settings(KAFKA_GROUP_PROTOCOL="consumer", **{name: "6000"}))
+
+
+def test_classic_config_with_classic_properties_is_fine() -> None:
+    config = consumer_config(settings(KAFKA_SESSION_TIMEOUT_MS="6000"))
+    assert config["session.timeout.ms"] == "6000"
