@@ -247,7 +247,7 @@ class Sender:
             elif kind is Kind.RATE_LIMITED:
                 cause = "429"
                 limited += 1
-                delay = self.throttle.rate_limited(outcome.retry_after_s, self.limited_backoff)
+                delay = self.throttle.rate_limited(outcome.retry_after_s, self.limited_backoff).delay_s
                 log.warning(
                     "ASAPP API answered 429: pausing all requests for %.1fs",
                     delay,

@@ -10,6 +10,7 @@ import pytest
 from consumer.retry import (
     Backoff,
     Cancelled,
+    Gate,
     Throttle,
     rate_limited_backoff,
     server_error_backoff,
@@ -165,7 +166,7 @@ def test_retry_after_wins_over_the_backoff() -> None:
     clock = FakeClock()
     throttle = Throttle(rate_rps=100.0, clock=clock)
     backoff = rate_limited_backoff(60.0)
-    assert throttle.rate_limited(7.5, backoff) == 7.5
+    assert throttle.rate_limited(7.5, backoff).delay_s == 7.5
     assert throttle.paused_for_s == 7.5
     event = ClockEvent(clock)
     assert throttle.acquire(event) == pytest.approx(7.5)
@@ -175,17 +176,83 @@ def test_retry_after_wins_over_the_backoff() -> None:
 def test_retry_after_is_capped_and_never_negative() -> None:
     throttle = Throttle(rate_rps=100.0, clock=FakeClock())
     backoff = rate_limited_backoff(10.0)
-    assert throttle.rate_limited(3600.0, backoff) == 10.0
-    assert throttle.rate_limited(-5.0, backoff) == 0.0
+    assert throttle.rate_limited(3600.0, backoff).delay_s == 10.0
+    assert throttle.rate_limited(-5.0, backoff).delay_s == 0.0
 
 
 def test_consecutive_429s_escalate_and_success_resets() -> None:
     clock = FakeClock()
     throttle = Throttle(rate_rps=100.0, clock=clock)
     backoff = rate_limited_backoff(60.0)
-    assert [throttle.rate_limited(None, backoff) for _ in range(4)] == [1.0, 2.0, 4.0, 8.0]
-    throttle.succeeded()
-    assert throttle.rate_limited(None, backoff) == 1.0
+    delays = []
+    for _ in range(4):
+        sent_at = throttle.now()  # each retry goes out after the last episode opened
+        delays.append(throttle.rate_limited(None, backoff, sent_at).delay_s)
+        clock.now += 0.5
+    assert delays == [1.0, 2.0, 4.0, 8.0]
+    assert throttle.succeeded(throttle.now()) is True
+    assert throttle.rate_limited(None, backoff, throttle.now()).delay_s == 1.0
+
+
+def test_concurrent_429s_of_one_episode_count_once() -> None:
+    """Three requests on the wire together all get a 429: one episode, 1 s; the retries after
+    the pause get 429s again: the second episode, 2 s (not 1, 2, 4, 8, 16, 32 per answer)."""
+    clock = FakeClock()
+    throttle = Throttle(rate_rps=100.0, clock=clock)
+    backoff = rate_limited_backoff(60.0)
+    sent = throttle.now()
+    clock.now += 0.1
+    first = [throttle.rate_limited(None, backoff, sent) for _ in range(3)]
+    assert [(p.delay_s, p.episode, p.new) for p in first] == [
+        (1.0, 1, True),
+        (1.0, 1, False),
+        (1.0, 1, False),
+    ]
+    assert throttle.paused_for_s == 1.0
+    clock.now += 1.0
+    resent = throttle.now()
+    clock.now += 0.1
+    second = [throttle.rate_limited(None, backoff, resent) for _ in range(3)]
+    assert [(p.delay_s, p.episode, p.new) for p in second] == [
+        (2.0, 2, True),
+        (2.0, 2, False),
+        (2.0, 2, False),
+    ]
+
+
+def test_a_success_of_a_request_older_than_the_episode_does_not_end_it() -> None:
+    clock = FakeClock()
+    throttle = Throttle(rate_rps=100.0, clock=clock)
+    backoff = rate_limited_backoff(60.0)
+    old = throttle.now()
+    clock.now += 0.1
+    throttle.rate_limited(None, backoff, throttle.now())
+    assert throttle.succeeded(old) is False  # was on the wire before the 429: proves nothing
+    clock.now += 1.0
+    assert throttle.rate_limited(None, backoff, throttle.now()).delay_s == 2.0
+
+
+def test_a_sibling_429_with_a_longer_retry_after_extends_the_pause_without_a_new_episode() -> None:
+    clock = FakeClock()
+    throttle = Throttle(rate_rps=100.0, clock=clock)
+    backoff = rate_limited_backoff(60.0)
+    sent = throttle.now()
+    clock.now += 0.1
+    assert throttle.rate_limited(1.0, backoff, sent).new is True
+    sibling = throttle.rate_limited(5.0, backoff, sent)
+    assert (sibling.new, sibling.episode, sibling.delay_s) == (False, 1, 5.0)
+    assert throttle.gate.episodes == 1
+
+
+def test_gate_wait_returns_after_the_pause_and_raises_when_cancelled() -> None:
+    clock = FakeClock()
+    gate = Gate(clock)
+    assert gate.wait(ClockEvent(clock)) == 0.0
+    gate.pause(0.35)
+    assert gate.wait(ClockEvent(clock)) == pytest.approx(0.35)
+    gate.pause(30.0)
+    with pytest.raises(Cancelled):
+        gate.wait(ClockEvent(clock, cancel_after=2))
 
 
 def test_pause_is_never_shortened() -> None:
