@@ -47,6 +47,9 @@ class Batcher:
         self.linger_s = linger_s
         self._clock = clock
         self._open: dict[Entity, Batch] = {}
+        #: with coalescing on: key → index in the open batch, per entity (see :meth:`replace`)
+        self.track_keys = False
+        self._keys: dict[Entity, dict[str, int]] = {}
 
     def add(self, item: Item) -> list[Batch]:
         """Add ``item``; returns the batches this closed (zero, one or two)."""
@@ -64,6 +67,8 @@ class Batcher:
             batch = Batch(entity=item.entity, body_bytes=BODY_OVERHEAD, opened_at=self._clock())
             self._open[item.entity] = batch
         batch.body_bytes += len(item.body) + (1 if batch.items else 0)
+        if self.track_keys:
+            self._keys.setdefault(item.entity, {})[item.key] = len(batch.items)
         batch.items.append(item)
         if len(batch.items) >= self.max_items:
             closed.append(self._close(item.entity, "count"))
@@ -71,11 +76,47 @@ class Batcher:
             closed.append(self._close(item.entity, "bytes"))
         return closed
 
-    def due(self) -> list[Batch]:
-        """Close and return every batch whose linger window has passed."""
+    def due(self, may_close: Callable[[Entity], bool] | None = None) -> list[Batch]:
+        """Close and return every batch whose linger window has passed (and, with
+        ``may_close``, whose entity it allows: the others keep filling)."""
         now = self._clock()
-        expired = [e for e, b in self._open.items() if now - b.opened_at >= self.linger_s]
+        expired = [
+            e
+            for e, b in self._open.items()
+            if now - b.opened_at >= self.linger_s and (may_close is None or may_close(e))
+        ]
         return [self._close(e, "linger") for e in expired]
+
+    def replace(self, item: Item) -> Item | None:
+        """If the open batch of ``item``'s entity holds a version of the same key, put
+        ``item`` in its place (keeping the batch's order and exact size) and return the older
+        one; else None and nothing changes."""
+        batch = self._open.get(item.entity)
+        n = self._keys.get(item.entity, {}).get(item.key)
+        if batch is None or n is None:
+            return None
+        old = batch.items[n]
+        batch.items[n] = item
+        batch.body_bytes += len(item.body) - len(old.body)
+        return old
+
+    def drop(self, unwanted: Callable[[Item], bool]) -> int:
+        """Remove matching items from the open batches (released partitions); returns how
+        many. A batch left empty is discarded."""
+        n = 0
+        for entity, batch in list(self._open.items()):
+            kept = [i for i in batch.items if not unwanted(i)]
+            if len(kept) == len(batch.items):
+                continue
+            n += len(batch.items) - len(kept)
+            if not kept:
+                self._close(entity, "dropped")
+                continue
+            batch.items = kept
+            batch.body_bytes = body_size(kept)
+            if self.track_keys:
+                self._keys[entity] = {i.key: idx for idx, i in enumerate(kept)}
+        return n
 
     def next_deadline(self) -> float | None:
         """Clock time at which the oldest open batch lingers out (None when none is open)."""
@@ -92,5 +133,6 @@ class Batcher:
 
     def _close(self, entity: Entity, reason: str) -> Batch:
         batch = self._open.pop(entity)
+        self._keys.pop(entity, None)
         batch.close_reason = reason
         return batch

@@ -88,6 +88,31 @@ class Metrics:
         self.buffered_messages = gauge(
             "buffered_messages", "Messages consumed but not yet finished (delivered or DLQ)."
         )
+        self.buffered_bytes = gauge(
+            "buffered_bytes",
+            "Bytes of the messages consumed but not yet finished (bounded by MAX_BUFFERED_BYTES).",
+        )
+        self.offset_rewinds = counter(
+            "offset_rewinds_total",
+            "Partitions that went back to an offset at or below the last consumed one (log "
+            "truncation, a seek back): their tracking restarted there.",
+            ("topic",),
+        )
+        self.consumer_errors = counter(
+            "consumer_errors_total",
+            "Messages the Kafka client reported an error for (dead-lettered, reason consume).",
+            ("topic",),
+        )
+        self.items_superseded = counter(
+            "items_superseded_total",
+            "Item versions replaced by a newer version of the same id before sending "
+            "(BATCH_COALESCE).",
+            ("entity",),
+        )
+        self.items_deferred = gauge(
+            "items_deferred",
+            "Items waiting because a request with an earlier version of their id is in flight.",
+        )
         self.commits = counter("commits_total", "Offset commits, by result.", ("result",))
         self.commit_duration = histogram(
             "commit_duration_seconds", "Time spent in an offset commit.", (), _LATENCY_BUCKETS

@@ -113,6 +113,16 @@ class OffsetTracker:
         state.advance()
         return True
 
+    def owns(self, position: Position, generation: int) -> bool:
+        """Whether ``position`` is tracked, unfinished, in ``generation``: a result for it is
+        still ours to act on (not a late answer for a released or rewound partition)."""
+        state = self._parts.get(position.tp)
+        return (
+            state is not None
+            and position.offset in state.unfinished
+            and state.generation_of(position.offset) == generation
+        )
+
     def untrack_from(self, position: Position) -> None:
         """Forget ``position`` and every later offset of its partition (they will be read
         again, e.g. after a seek back)."""

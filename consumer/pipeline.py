@@ -1,4 +1,4 @@
-"""The poll loop: the only place that knows about pausing, rebalancing, committing and stopping.
+"""The poll loop: the only place that knows about assignment, pausing, committing and stopping.
 
 Commit invariant
 ----------------
@@ -6,27 +6,29 @@ Commit invariant
 delivered to the API (accepted, or 409 already persisted) or acknowledged by the dead-letter
 topic.** Several batches are in flight at once and complete in any order; the
 :class:`~consumer.offsets.OffsetTracker` only lets a partition's commit advance over the
-contiguous run of finished offsets. Messages that are held (schema registry outage), still
-being retried (API outage), waiting for a dead-letter acknowledgement, or abandoned on
+contiguous run of finished offsets. Messages that are held (schema registry outage), deferred
+or still being retried (API outage), waiting for a dead-letter acknowledgement, or abandoned on
 revoke/shutdown are never finished, so nothing past them is committed: after a crash or a
 rebalance they are read again (at-least-once; a redelivered message carries the same
-``eventId``).
+``eventId``). Every result names the tracker generation its message was consumed in, so a late
+answer for a released or rewound partition never finishes the message that now holds its offset.
 
-Flow per message (poll-loop thread): decode → map → validate → batch. Closed batches go to
-the :class:`~consumer.sender.Sender` threads (a batch past its linger window stays open while
-every thread is busy, so a slow or throttled API gets fewer, fuller requests); their
-:class:`~consumer.records.Completion` comes back here, where delivered items are finished
-and dead letters are produced. A dead letter's offset is finished only in the producer's
-delivery callback; if the DLQ cannot be written the partition is paused and the write
-retried, never skipped.
+The loop owns the partition lifecycle and delegates each kind of state to one object, each
+releasing a partition with one ``forget``:
+
+- :class:`~consumer.ingest.Ingest` — message → item or dead letter (pure);
+- :class:`~consumer.holds.RegistryHolds` — messages waiting for the schema registry;
+- :class:`~consumer.dispatch.Dispatcher` — open, deferred (per-id order) and in-flight batches;
+- :class:`~consumer.outbox.DeadLetterOutbox` — dead letters until the DLQ acknowledges them;
+- :class:`~consumer.offsets.OffsetTracker` — what may be committed.
 
 Pausing: a partition is paused while a batch holding its items is being retried, while its
 messages wait for the schema registry, while a dead letter of it failed to be written, and all
-partitions are paused once ``max_buffered_messages`` are unfinished (until fewer than 80 % are).
+partitions are paused once ``max_buffered_messages`` or ``max_buffered_bytes`` are unfinished
+(until both are below 80 %).
 
-Lifecycle: a signal handler only calls :meth:`Pipeline.request_stop`. Revoke and stop both
-flush open batches, wait for their outcome within a bound, give up on (cancel) the rest
-without committing it, commit what is finished, and only then release the partitions.
+Lifecycle: a signal handler only calls :meth:`Pipeline.request_stop`. Revoke and stop share one
+handover (:meth:`Pipeline._handover`) under one :class:`~consumer.deadline.Deadline`.
 """
 
 from __future__ import annotations
@@ -35,75 +37,26 @@ import contextlib
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-import orjson
+from queue import Empty
 
 from consumer.batcher import Batcher
-from consumer.errors import DecodeError, RegistryUnavailable, ValidationError
+from consumer.deadline import Deadline
+from consumer.dispatch import Dispatcher
+from consumer.errors import BrokerError
+from consumer.holds import RegistryHolds
+from consumer.ingest import Ingest, Unavailable
 from consumer.metrics import Metrics
 from consumer.offsets import OffsetTracker
-from consumer.records import Batch, Completion, DeadLetter, Entity, Item, Message, TopicPartition
-from consumer.retry import Backoff, server_error_backoff
+from consumer.outbox import DeadLetterOutbox
+from consumer.ports import DeadLetters, Decoder, Mapper, SenderLike, Source, Validator
+from consumer.records import Completion, DeadLetter, Entity, Item, Message, TopicPartition
+
+__all__ = ["Decoder", "Pipeline", "PipelineConfig"]
 
 log = logging.getLogger(__name__)
-
-
-class Decoder(Protocol):
-    def decode(self, value: bytes | None) -> dict[str, Any]: ...
-
-
-class Validator(Protocol):
-    def error(self, item: Mapping[str, Any]) -> str | None: ...
-
-
-class Mapper(Protocol):
-    def __call__(
-        self, entity: Entity, record: Mapping[str, Any], *, topic: str, partition: int, offset: int
-    ) -> dict[str, Any]: ...
-
-
-class Source(Protocol):
-    def subscribe(
-        self,
-        topics: Iterable[str],
-        *,
-        on_assign: Callable[[list[TopicPartition]], None],
-        on_revoke: Callable[[list[TopicPartition]], None],
-        on_lost: Callable[[list[TopicPartition]], None],
-        on_commit: Callable[[str | None, dict[TopicPartition, int]], None] | None = None,
-    ) -> None: ...
-    def consume(self, max_messages: int, timeout_s: float) -> list[Message]: ...
-    def pause(self, tps: Iterable[TopicPartition]) -> None: ...
-    def resume(self, tps: Iterable[TopicPartition]) -> None: ...
-    def commit(
-        self, offsets: Mapping[TopicPartition, int], timeout_s: float
-    ) -> dict[TopicPartition, int]: ...
-    def commit_async(self, offsets: Mapping[TopicPartition, int]) -> None: ...
-    def high_watermark(self, tp: TopicPartition) -> int | None: ...
-    def committed(
-        self, tps: Iterable[TopicPartition], timeout_s: float
-    ) -> dict[TopicPartition, int | None]: ...
-    def close(self, timeout_s: float) -> bool: ...
-
-
-class DeadLetters(Protocol):
-    def produce(
-        self, dl: DeadLetter, on_done: Callable[[DeadLetter, str | None], None]
-    ) -> bool: ...
-    def poll(self) -> None: ...
-    def flush(self, timeout_s: float) -> int: ...
-
-
-class SenderLike(Protocol):
-    completions: Any  # queue.Queue[Completion]
-
-    def submit(self, batch: Batch) -> None: ...
-    def has_capacity(self) -> bool: ...
-    def stop(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +65,7 @@ class PipelineConfig:
 
     topic_entities: Mapping[str, Entity]
     max_buffered_messages: int = 50_000
+    max_buffered_bytes: int = 64 * 1024 * 1024
     revoke_timeout_s: float = 10.0
     shutdown_timeout_s: float = 25.0
     commit_timeout_s: float = 5.0
@@ -119,15 +73,11 @@ class PipelineConfig:
     lag_interval_s: float = 5.0
     consume_batch: int = 500
     retry_max_backoff_s: float = 60.0
-
-
-def _dumps(payload: Mapping[str, Any]) -> bytes:
-    """Compact UTF-8 JSON of an item (orjson: about 10x faster than the stdlib here)."""
-    return orjson.dumps(payload)
+    coalesce: bool = False
 
 
 class Pipeline:
-    """Consumes, batches, hands batches to the sender, commits. See the module docstring."""
+    """Consumes, ingests, dispatches, commits. See the module docstring."""
 
     def __init__(
         self,
@@ -145,41 +95,41 @@ class Pipeline:
     ) -> None:
         self.config = config
         self.source = source
-        self.dlq = dead_letters
         self.sender = sender
-        self.batcher = batcher
-        self.decoders = decoders
-        self.validators = validators
-        self.mapper = mapper
         self.metrics = metrics
         self.clock = clock
+        self.ingest = Ingest(
+            topic_entities=config.topic_entities,
+            decoders=decoders,
+            validators=validators,
+            mapper=mapper,
+        )
         self.tracker = OffsetTracker()
+        self.holds = RegistryHolds(max_backoff_s=config.retry_max_backoff_s, clock=clock)
+        batcher.track_keys = config.coalesce
+        self.dispatch = Dispatcher(
+            batcher=batcher, sender=sender, metrics=metrics, coalesce=config.coalesce
+        )
+        self.outbox = DeadLetterOutbox(
+            producer=dead_letters,
+            on_written=self._dead_lettered,
+            metrics=metrics,
+            max_backoff_s=config.retry_max_backoff_s,
+            clock=clock,
+        )
+        # label lookups cost more than the increment on the hot path: cache the children
+        self._mapped = {e: metrics.items_mapped.labels(e.value) for e in Entity}
         self.assigned: set[TopicPartition] = set()
-        self._tp_generation: dict[TopicPartition, int] = {}
-        self._generation = 0
-        self._inflight: dict[int, tuple[Batch, frozenset[TopicPartition]]] = {}
         self._paused: set[TopicPartition] = set()
-        self._fresh: set[TopicPartition] = set()
-        self._held: dict[TopicPartition, deque[Message]] = {}
-        self._held_until: dict[TopicPartition, float] = {}
-        self._held_attempts: dict[TopicPartition, int] = {}
-        self._registry_backoff: Backoff = server_error_backoff(config.retry_max_backoff_s)
-        self._dlq_backoff: Backoff = server_error_backoff(min(30.0, config.retry_max_backoff_s))
-        self._dlq_retry: deque[tuple[float, DeadLetter]] = deque()
-        # offsets per partition whose dead-letter write failed and is not yet rewritten
-        self._dlq_blocked: dict[TopicPartition, set[int]] = {}
-        # dead letters produced and not yet acknowledged, per partition
-        self._dlq_unacked: dict[TopicPartition, int] = {}
-        self._dlq_failures = 0
+        self._fresh: set[TopicPartition] = set()  # assigned, pause state not yet enforced
+        self._handing_over: set[TopicPartition] = set()  # abandoned items are not resent
+        self._throttled_all = False
         self._stop = threading.Event()
-        self._consumed_counters: dict[str, Any] = {}
-        self._mapped_counters = {e: metrics.items_mapped.labels(e.value) for e in Entity}
         self._stop_requested_at: float | None = None
-        self._async_commit_at: float | None = None
         self._closing = False
+        self._async_commit_at: float | None = None
         self._next_commit = 0.0
         self._next_lag = 0.0
-        self._throttled_all = False
         self.last_iteration = clock()
         self.delivered_items = 0
         self.dead_lettered = 0
@@ -214,29 +164,20 @@ class Pipeline:
             self.shutdown()
 
     def iterate(self) -> None:
-        """One turn of the loop: consume, process completions and dead letters, close due
-        batches, adjust pauses, commit when due."""
+        """One turn: consume and ingest, serve completions and dead letters, retry held
+        messages, send due batches, adjust pauses, commit and report lag when due."""
         now = self.clock()
         self.last_iteration = now
         self.metrics.poll_loop_last_seconds.set(time.time())
         timeout = 0.1
-        deadline = self.batcher.next_deadline()
+        deadline = self.dispatch.next_deadline()
         if deadline is not None and self.sender.has_capacity():
             timeout = max(0.0, min(timeout, deadline - now))
-        for message in self.source.consume(self.config.consume_batch, timeout):
-            self._process(message)
-        self._housekeeping()
-
-    def _housekeeping(self) -> None:
+        self._process(self.source.consume(self.config.consume_batch, timeout))
         self._drain_completions()
-        self.dlq.poll()
-        self._retry_dead_letters()
+        self.outbox.poll()
         self._retry_held()
-        # A batch past its linger window waits (and keeps filling) while no sender thread could
-        # take it anyway; count and byte limits still close batches as usual.
-        if self.sender.has_capacity():
-            for batch in self.batcher.due():
-                self._submit(batch)
+        self.dispatch.send_due()
         self._update_pauses()
         now = self.clock()
         if now >= self._next_commit:
@@ -247,29 +188,21 @@ class Pipeline:
             self._update_lag()
 
     def shutdown(self) -> None:
-        """Flush, wait for in-flight work within the shutdown bound, commit, close."""
-        started = self._stop_requested_at if self._stop_requested_at is not None else self.clock()
+        """Hand over everything within the shutdown bound (counted from the stop request),
+        then leave the group and stop the sender threads."""
         total = self.config.shutdown_timeout_s
-        # The bound covers everything: draining, then the final commit, then leaving the group.
-        close_budget = min(5.0, total / 5)
-        commit_budget = min(self.config.commit_timeout_s, total / 4)
-        drain_until = started + max(0.5, total - commit_budget - close_budget - 1.0)
+        deadline = Deadline(total, clock=self.clock, started=self._stop_requested_at)
+        close_s = min(5.0, total / 5)
         log.info("stopping: draining in-flight work", extra={"event": "stop"})
-        for batch in self.batcher.flush("shutdown"):
-            self._submit(batch)
-        self._wait_for(
-            lambda: (
-                not self._inflight and not any(self._dlq_unacked.values()) and not self._dlq_retry
-            ),
-            drain_until,
+        abandoned = self._handover(
+            None,
+            deadline,
+            reason="shutdown",
+            commit_s=min(self.config.commit_timeout_s, total / 4),
+            close_s=close_s,
         )
-        abandoned = self._cancel(lambda tps: True)
-        self.dlq.flush(max(0.1, min(2.0, drain_until + 1.0 - self.clock())))
-        self.dlq.poll()
-        self._drain_completions()
         self._closing = True
-        self.commit(final=True, timeout_s=commit_budget)
-        self.source.close(close_budget)
+        self.source.close(max(0.1, deadline.budget(close_s)))
         self.sender.stop()
         log.info(
             "stopped",
@@ -277,15 +210,58 @@ class Pipeline:
                 "event": "stopped",
                 "abandoned_batches": abandoned,
                 "unfinished_messages": self.tracker.pending_count(),
-                "seconds": round(self.clock() - started, 3),
+                "seconds": round(deadline.elapsed(), 3),
             },
         )
 
+    def _handover(
+        self,
+        tps: set[TopicPartition] | None,
+        deadline: Deadline,
+        *,
+        reason: str,
+        commit_s: float,
+        close_s: float = 0.0,
+    ) -> int:
+        """Finish what can be finished of ``tps`` (every partition when None) within
+        ``deadline``, commit it, and give up on the rest uncommitted. Steps:
+
+        1. send every open batch now;
+        2. wait for in-flight batches and dead letters of ``tps``, keeping ``commit_s``,
+           ``close_s`` and a moment for the DLQ flush for the steps after;
+        3. give up on (cancel) the batches still touching ``tps``: not committed;
+        4. give the DLQ producer its moment, then serve its acknowledgements and completions;
+        5. commit what is finished of ``tps``, synchronously, within ``commit_s``.
+
+        Returns how many batches were given up on. Releasing is the caller's (revoke
+        releases; shutdown leaves that to the consumer's close).
+        """
+        flush_s = min(1.0, (deadline.end - deadline.started) / 10)
+        self._handing_over = set(self.assigned) if tps is None else set(tps)
+        try:
+            self.dispatch.flush(reason)  # 1
+            until = deadline.until(commit_s + close_s + flush_s, floor_s=0.5)  # 2
+            self._wait_for(lambda: self.dispatch.settled(tps) and self.outbox.settled(tps), until)
+            abandoned = self.dispatch.cancel(  # 3
+                (lambda parts: True) if tps is None else (lambda parts: bool(parts & tps))
+            )
+            if abandoned:
+                log.warning(
+                    "gave up on %d in-flight batches (not committed)",
+                    abandoned,
+                    extra={"event": "abandon", "batches": abandoned},
+                )
+            self.outbox.flush(deadline.budget(flush_s, commit_s + close_s))  # 4
+            self._drain_completions()
+            self.commit(  # 5
+                only=tps, final=True, timeout_s=max(0.1, deadline.budget(commit_s, close_s))
+            )
+        finally:
+            self._handing_over = set()
+        return abandoned
+
     # ------------------------------------------------------------------ rebalance
     def on_assign(self, tps: list[TopicPartition]) -> None:
-        self._generation += 1
-        for tp in tps:
-            self._tp_generation[tp] = self._generation
         self.assigned.update(tps)
         # Newly assigned partitions start unpaused as far as we know; make librdkafka agree at
         # the next turn (pause/resume only apply once the assignment is in effect).
@@ -296,41 +272,26 @@ class Pipeline:
         )
 
     def on_revoke(self, tps: list[TopicPartition]) -> None:
-        """Finish (or give up on, uncommitted) work for ``tps`` within the revoke bound,
-        commit, then release them."""
-        revoked = set(tps)
+        """Hand over ``tps`` within the revoke bound, then release them."""
         log.info(
             "partitions revoked", extra={"event": "revoke", "partitions": [str(t) for t in tps]}
         )
-        if not self._closing:
-            for batch in self.batcher.flush("revoke"):
-                self._submit(batch)
-            # The bound covers waiting and the commit: keep part of it for the commit.
-            commit_budget = min(self.config.commit_timeout_s, self.config.revoke_timeout_s / 2)
-            deadline = self.clock() + self.config.revoke_timeout_s - commit_budget
-
-            def settled() -> bool:
-                if any(parts & revoked for _, parts in self._inflight.values()):
-                    return False
-                return not any(self._dlq_unacked.get(tp) for tp in revoked) and not any(
-                    d.message.position.tp in revoked for _, d in self._dlq_retry
-                )
-
-            self._wait_for(settled, deadline)
-            for tp in revoked:  # from here on, abandoned items of these are not ours to resend
-                self._tp_generation.pop(tp, None)
-            self._cancel(lambda parts: bool(parts & revoked))
-            self.dlq.flush(0.5)
-            self.dlq.poll()
-            self._drain_completions()
-            self.commit(only=revoked, final=True, timeout_s=commit_budget)
-        self._release(revoked)
+        revoked = set(tps) & self.assigned
+        if not self._closing and revoked:
+            total = self.config.revoke_timeout_s
+            self._handover(
+                revoked,
+                Deadline(total, clock=self.clock),
+                reason="revoke",
+                commit_s=min(self.config.commit_timeout_s, total / 2),
+            )
+        self._release(set(tps))
 
     def on_lost(self, tps: list[TopicPartition]) -> None:
-        """Partitions already owned by someone else: commit nothing, drop everything."""
+        """Partitions already owned by someone else: commit nothing, send nothing more."""
         lost = set(tps)
         log.warning("partitions lost", extra={"event": "lost", "partitions": [str(t) for t in tps]})
-        self._cancel(lambda parts: bool(parts & lost))
+        self.dispatch.cancel(lambda parts: bool(parts & lost))
         self._release(lost)
 
     def _release(self, tps: set[TopicPartition]) -> None:
@@ -339,17 +300,10 @@ class Pipeline:
         paused = self._paused & tps
         if paused:
             self.source.resume(paused)
+        self.dispatch.forget(tps)
+        self.holds.forget(tps)
+        self.outbox.forget(tps)
         self.tracker.forget(tps)
-        for tp in tps:
-            self._held.pop(tp, None)
-            self._held_until.pop(tp, None)
-            self._held_attempts.pop(tp, None)
-            self._dlq_blocked.pop(tp, None)
-            self._dlq_unacked.pop(tp, None)
-            self._tp_generation.pop(tp, None)
-        self._dlq_retry = deque(
-            (t, d) for t, d in self._dlq_retry if d.message.position.tp not in tps
-        )
         self._paused -= tps
         self.assigned -= tps
         self.metrics.assigned_partitions.set(len(self.assigned))
@@ -358,277 +312,169 @@ class Pipeline:
                 with contextlib.suppress(KeyError):
                     gauge.remove(tp.topic, str(tp.partition))
 
-    # ------------------------------------------------------------------ per message
-    def _process(self, message: Message) -> None:
-        pos = message.position
-        entity = self.config.topic_entities.get(pos.topic)
-        if entity is None:  # not subscribed: cannot happen unless the broker misbehaves
-            log.error("message from unexpected topic %s", pos, extra={"event": "unexpected_topic"})
+    # ------------------------------------------------------------------ ingest
+    def _process(self, messages: Sequence[Message]) -> None:
+        if not messages:
             return
-        counter = self._consumed_counters.get(pos.topic)
-        if counter is None:  # label lookups cost more than the increment: cache the child
-            counter = self.metrics.messages_consumed.labels(entity.value, pos.topic)
-            self._consumed_counters[pos.topic] = counter
-        counter.inc()
-        try:
-            self.tracker.track(pos)
-        except ValueError:
-            # Re-read after a seek the tracker already knows about: ignore the duplicate.
-            return
-        tp = pos.tp
-        held = self._held.get(tp)
-        if held is not None:
-            held.append(message)
-        elif not self._handle(message, entity):
-            self._held[tp] = deque([message])
+        consumed: Counter[str] = Counter()
+        fresh: list[Message] = []
+        entities = self.config.topic_entities
+        for message in messages:
+            pos = message.position
+            if pos.topic not in entities:  # not subscribed: only a misbehaving broker does it
+                log.error(
+                    "message from unexpected topic %s", pos, extra={"event": "unexpected_topic"}
+                )
+                continue
+            consumed[pos.topic] += 1
+            size = len(message.value) if message.value is not None else 0
+            try:
+                self.tracker.track(pos, size)
+            except ValueError:
+                self._rewind(message)
+                self.tracker.track(pos, size)
+            if pos.tp in self.holds:
+                self.holds.append(message)
+            else:
+                fresh.append(message)
+        for topic, n in consumed.items():
+            self.metrics.messages_consumed.labels(entities[topic].value, topic).inc(n)
+        for message, result in zip(fresh, self.ingest(fresh), strict=True):
+            if message.position.tp in self.holds:  # an earlier one of its partition waits
+                self.holds.append(message)
+            elif isinstance(result, Unavailable):
+                self._count_unavailable(message)
+                self.holds.hold(message, result.error, result.retry_after_s)
+            else:
+                self._route(result)
 
-    def _handle(self, message: Message, entity: Entity) -> bool:
-        """Decode, map, validate and batch one message. False when it must wait for the schema
-        registry (outage): the caller holds it and everything after it in its partition."""
+    def _route(self, result: Item | DeadLetter) -> None:
+        tp = result.message.position.tp
+        generation = self.tracker.generation(tp)
+        if isinstance(result, DeadLetter):
+            entity = result.entity.value
+            if result.reason == "decode":
+                self.metrics.decode_failures.labels(entity, "dead_letter").inc()
+            elif result.reason == "consume":
+                self.metrics.consumer_errors.labels(tp.topic).inc()
+            else:
+                self.metrics.items_invalid.labels(entity).inc()
+            self.outbox.send(result, generation)
+            return
+        result.generation = generation
+        self._mapped[result.entity].inc()
+        self.dispatch.add(result)
+
+    def _rewind(self, message: Message) -> None:
+        """``message`` is at or below the last consumed offset of its partition (log
+        truncation after an unclean leader election, a seek back): restart its tracking there.
+        Earlier unfinished messages stay unfinished; later ones are read again."""
         pos = message.position
-        try:
-            record = self.decoders[entity].decode(message.value)
-        except RegistryUnavailable as exc:
-            tp = pos.tp
-            attempt = self._held_attempts.get(tp, 0)
-            self._held_attempts[tp] = attempt + 1
-            delay = max(exc.retry_after_s or 0.0, self._registry_backoff.delay(attempt), 0.05)
-            self._held_until[tp] = self.clock() + delay
-            self.metrics.decode_failures.labels(entity.value, "registry_unavailable").inc()
-            log.warning(
-                "schema registry unavailable at %s: %s; partition paused, retry in %.2fs",
-                pos,
-                exc,
-                delay,
-                extra={
-                    "event": "registry_unavailable",
-                    "topic": pos.topic,
-                    "partition": pos.partition,
-                    "offset": pos.offset,
-                },
-            )
-            return False
-        except DecodeError as exc:
-            self.metrics.decode_failures.labels(entity.value, "dead_letter").inc()
-            self._dead_letter(DeadLetter(message, entity, "decode", str(exc)[:1024]))
-            return True
-        self._held_attempts.pop(pos.tp, None)
-        try:
-            payload = self.mapper(
-                entity, record, topic=pos.topic, partition=pos.partition, offset=pos.offset
-            )
-            error = self.validators[entity].error(payload)
-        except (ValidationError, TypeError, ValueError, KeyError, AttributeError) as exc:
-            payload, error = {}, f"cannot map event: {type(exc).__name__}: {exc}"
-        if error is not None:
-            self.metrics.items_invalid.labels(entity.value).inc()
-            self._dead_letter(DeadLetter(message, entity, "validation", error[:1024]))
-            return True
-        self._mapped_counters[entity].inc()
-        item = Item(
-            entity,
-            str(payload["eventId"]),
-            _dumps(payload),
-            message,
-            self._tp_generation.get(pos.tp, 0),
+        forgotten = self.tracker.rewind(pos)
+        self.holds.drop_from(message)
+        self.metrics.offset_rewinds.labels(pos.topic).inc()
+        log.warning(
+            "%s consumed again at or below the last consumed offset (log truncation or a "
+            "seek back): tracking restarts there, %d unfinished offsets from it forgotten",
+            pos,
+            forgotten,
+            extra={
+                "event": "offset_rewind",
+                "topic": pos.topic,
+                "partition": pos.partition,
+                "offset": pos.offset,
+            },
         )
-        for batch in self.batcher.add(item):
-            self._submit(batch)
-        return True
+
+    def _count_unavailable(self, message: Message) -> None:
+        entity = self.config.topic_entities[message.position.topic]
+        self.metrics.decode_failures.labels(entity.value, "registry_unavailable").inc()
 
     def _retry_held(self) -> None:
-        if not self._held:
-            return
-        now = self.clock()
-        for tp in list(self._held):
-            if self._held_until.get(tp, 0.0) > now:
-                continue
-            queue = self._held[tp]
-            entity = self.config.topic_entities[tp.topic]
+        for queue in self.holds.due():
+            tp = queue[0].position.tp
             while queue:
-                if not self._handle(queue[0], entity):
+                result = self.ingest.one(queue[0])
+                if isinstance(result, Unavailable):
+                    self._count_unavailable(queue[0])
+                    self.holds.retry_head(queue[0], result.error, result.retry_after_s)
                     break
                 queue.popleft()
-            if not queue:
-                del self._held[tp]
-                self._held_until.pop(tp, None)
-                log.info(
-                    "schema registry reachable again; %s resumes",
-                    tp,
-                    extra={"event": "registry_recovered"},
-                )
+                self._route(result)
+            self.holds.settle(tp)
 
-    # ------------------------------------------------------------------ batches
-    def _submit(self, batch: Batch) -> None:
-        parts = frozenset(i.position.tp for i in batch.items)
-        batch.generation = self._generation
-        self._inflight[id(batch)] = (batch, parts)
-        self.sender.submit(batch)
-
+    # ------------------------------------------------------------------ completions
     def _drain_completions(self) -> None:
         completions = self.sender.completions
         while True:
             try:
-                completion: Completion = completions.get_nowait()
-            except Exception:  # queue.Empty
+                completion = completions.get_nowait()
+            except Empty:
                 return
             self._complete(completion)
 
     def _complete(self, c: Completion) -> None:
-        self._inflight.pop(id(c.batch), None)
         entity = c.batch.entity.value
+        tracker = self.tracker
         if c.delivered:
             self.metrics.items_accepted.labels(entity).inc(len(c.delivered))
             self.metrics.last_delivery.set(c.acked_at)
             latency = self.metrics.end_to_end_latency.labels(entity)
             for item in c.delivered:
-                self.tracker.finish(item.position)
+                if tracker.finish(item.position, item.generation):
+                    self.delivered_items += 1
+                for older in item.superseded:
+                    tracker.finish(older.position, older.generation)
                 ts = item.message.timestamp_ms
                 if ts is not None:
                     latency.observe(max(0.0, c.acked_at - ts / 1000.0))
-            self.delivered_items += len(c.delivered)
-        for dl in c.dead:
-            # A batch that finished after its partition was revoked: the new owner reads the
-            # message again and decides; dead-lettering it here too would only duplicate.
-            if dl.message.position.tp in self.assigned:
-                self._dead_letter(dl)
+        if c.dead:
+            items = {id(i.message): i for i in c.batch.items}
+            for dl in c.dead:
+                owner = items.get(id(dl.message))
+                if owner is None or not tracker.owns(dl.message.position, owner.generation):
+                    # A batch of a partition released (or rewound) meanwhile: its new owner
+                    # reads the message again and decides; writing it here would duplicate.
+                    continue
+                for older in owner.superseded:
+                    tracker.finish(older.position, older.generation)
+                self.outbox.send(dl, owner.generation)
+        resend: list[Item] = []
         if c.abandoned and not self._closing and not self._stop.is_set():
-            retry = [
+            resend = [  # partition still ours (cooperative rebalance): send again
                 i
                 for i in c.abandoned
-                if self._tp_generation.get(i.position.tp) == i.generation
-                and i.position.tp in self.assigned
+                if i.position.tp not in self._handing_over
+                and tracker.owns(i.position, i.generation)
             ]
-            for item in retry:  # partition still ours (cooperative rebalance): send again
-                for batch in self.batcher.add(item):
-                    self._submit(batch)
+        self.dispatch.completed(c, resend)
 
-    def _cancel(self, touches: Callable[[frozenset[TopicPartition]], bool]) -> int:
-        """Give up on in-flight batches whose partitions match; returns how many."""
-        n = 0
-        for key, (batch, parts) in list(self._inflight.items()):
-            if touches(parts):
-                batch.cancel.set()
-                del self._inflight[key]
-                n += 1
-        if n:
-            log.warning(
-                "gave up on %d in-flight batches (not committed)",
-                n,
-                extra={"event": "abandon", "batches": n},
-            )
-        return n
+    def _dead_lettered(self, dl: DeadLetter, generation: int) -> None:
+        if self.tracker.finish(dl.message.position, generation):
+            self.dead_lettered += 1
 
-    def _wait_for(self, done: Callable[[], bool], deadline: float) -> None:
-        """Process completions and dead-letter acks until ``done()`` or ``deadline``."""
+    def _wait_for(self, done: Callable[[], bool], until: float) -> None:
+        """Serve completions and dead-letter acknowledgements until ``done()`` or ``until``."""
         completions = self.sender.completions
-        while not done() and self.clock() < deadline:
-            try:
-                completion = completions.get(timeout=0.05)
-            except Exception:
-                completion = None
-            if completion is not None:
-                self._complete(completion)
-            self.dlq.poll()
-            self._retry_dead_letters()
+        while not done() and self.clock() < until:
+            with contextlib.suppress(Empty):
+                self._complete(completions.get(timeout=0.05))
+            self.outbox.poll()
             self.last_iteration = self.clock()
-
-    # ------------------------------------------------------------------ dead letters
-    def _dead_letter(self, dl: DeadLetter) -> None:
-        pos = dl.message.position
-        log.warning(
-            "dead-lettering %s: %s: %s",
-            pos,
-            dl.reason,
-            dl.error,
-            extra={
-                "event": "dead_letter",
-                "topic": pos.topic,
-                "partition": pos.partition,
-                "offset": pos.offset,
-                "reason": dl.reason,
-                "entity": dl.entity.value,
-                "http_status": dl.http_status,
-            },
-        )
-        self._produce_dead_letter(dl)
-
-    def _produce_dead_letter(self, dl: DeadLetter) -> None:
-        tp = dl.message.position.tp
-        if self.dlq.produce(dl, self._on_dead_letter_done):
-            self._dlq_unacked[tp] = self._dlq_unacked.get(tp, 0) + 1
-        else:  # local queue full: try again shortly
-            self._dlq_retry.append((self.clock() + 0.1, dl))
-
-    def _on_dead_letter_done(self, dl: DeadLetter, error: str | None) -> None:
-        pos = dl.message.position
-        tp = pos.tp
-        if tp in self._dlq_unacked:
-            self._dlq_unacked[tp] -= 1
-            if self._dlq_unacked[tp] <= 0:
-                del self._dlq_unacked[tp]
-        if error is None:
-            if self.tracker.finish(pos):
-                self.dead_lettered += 1
-            self.metrics.dead_letters.labels(dl.entity.value, dl.reason).inc()
-            blocked = self._dlq_blocked.get(tp)
-            if blocked is not None:
-                blocked.discard(pos.offset)
-                if not blocked:
-                    del self._dlq_blocked[tp]
-                    self._dlq_failures = 0
-                    log.info(
-                        "dead-letter topic writable again; %s resumes",
-                        tp,
-                        extra={"event": "dlq_recovered"},
-                    )
-            return
-        self.metrics.dlq_failures.inc()
-        self._dlq_failures += 1
-        delay = self._dlq_backoff.delay(min(self._dlq_failures, 10))
-        log.error(
-            "dead-letter write failed for %s (%s); partition held, retry in %.1fs",
-            pos,
-            error,
-            delay,
-            extra={
-                "event": "dlq_write_failed",
-                "topic": pos.topic,
-                "partition": pos.partition,
-                "offset": pos.offset,
-            },
-        )
-        if tp in self.assigned:
-            # Held until this very dead letter is written, whatever happens to others.
-            self._dlq_blocked.setdefault(tp, set()).add(pos.offset)
-            self._dlq_retry.append((self.clock() + delay, dl))
-
-    def _retry_dead_letters(self) -> None:
-        if not self._dlq_retry:
-            return
-        now = self.clock()
-        due = [d for t, d in self._dlq_retry if t <= now]
-        if not due:
-            return
-        self._dlq_retry = deque((t, d) for t, d in self._dlq_retry if t > now)
-        for dl in due:
-            self._produce_dead_letter(dl)
 
     # ------------------------------------------------------------------ pauses, commits
     def _update_pauses(self) -> None:
         pending = self.tracker.pending_count()
-        limit = self.config.max_buffered_messages
-        if pending >= limit:
+        pending_bytes = self.tracker.pending_bytes()
+        max_n, max_b = self.config.max_buffered_messages, self.config.max_buffered_bytes
+        if pending >= max_n or pending_bytes >= max_b:
             self._throttled_all = True
-        elif pending < limit * 0.8:
+        elif pending < max_n * 0.8 and pending_bytes < max_b * 0.8:
             self._throttled_all = False
         if self._throttled_all:
             want = set(self.assigned)
         else:
-            want = set(self._held) | set(self._dlq_blocked)
-            for batch, parts in self._inflight.values():
-                if batch.retrying:
-                    want |= parts
+            want = self.holds.partitions() | self.outbox.blocked() | self.dispatch.retrying()
             want &= self.assigned
         to_pause = want - self._paused
         to_resume = (self._paused | (self._fresh & self.assigned)) - want
@@ -640,6 +486,8 @@ class Pipeline:
         self._paused = want
         self.metrics.paused_partitions.set(len(want))
         self.metrics.buffered_messages.set(pending)
+        self.metrics.buffered_bytes.set(pending_bytes)
+        self.metrics.items_deferred.set(self.dispatch.deferred_count())
 
     def commit(
         self,
@@ -654,30 +502,25 @@ class Pipeline:
         :meth:`_on_commit`), so a slow or unreachable broker never stalls the loop. ``final``
         commits (revoke, shutdown) are synchronous and bounded by ``timeout_s``. A failure is
         logged and retried later: offsets only ever move forward."""
-        offsets = self.tracker.to_commit()
         offsets = {
             tp: o
-            for tp, o in offsets.items()
+            for tp, o in self.tracker.to_commit().items()
             if tp in self.assigned and (only is None or tp in only)
         }
         if not offsets:
             return True
         started = self.clock()
-        if not final:
-            pending = self._async_commit_at
-            if pending is not None and started - pending < self.config.commit_timeout_s:
-                return True
-            self._async_commit_at = started
-            try:
-                self.source.commit_async(offsets)
-            except Exception as exc:  # KafkaException: nothing to commit, not assigned...
-                self._async_commit_at = None
-                self._commit_failed(exc, final)
-                return False
-            return True
         try:
+            if not final:
+                pending = self._async_commit_at
+                if pending is not None and started - pending < self.config.commit_timeout_s:
+                    return True
+                self._async_commit_at = started
+                self.source.commit_async(offsets)
+                return True
             done = self.source.commit(offsets, timeout_s or self.config.commit_timeout_s)
-        except Exception as exc:  # KafkaException, TimeoutError: try again next time
+        except (BrokerError, TimeoutError) as exc:  # try again next time
+            self._async_commit_at = None
             self._commit_failed(exc, final)
             return False
         self.metrics.commit_duration.observe(self.clock() - started)
@@ -716,7 +559,7 @@ class Pipeline:
                 for tp, offset in self.source.committed(unknown, 2.0).items():
                     if offset is not None:
                         self.tracker.mark_committed(tp, offset)
-            except Exception as exc:  # lag is best effort; the commit path reports failures
+            except (BrokerError, TimeoutError) as exc:  # best effort; commits report failures
                 log.debug("committed offsets unavailable: %s", exc)
         for tp in self.assigned:
             high = self.source.high_watermark(tp)

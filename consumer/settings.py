@@ -25,6 +25,9 @@ DEFAULT_TOPICS = {
     Entity.CUSTOMER: "asapp.metadata.customer",
 }
 
+#: Default ``MAX_BUFFERED_BYTES`` (64 MiB).
+DEFAULT_MAX_BUFFERED_BYTES = 64 * 1024 * 1024
+
 #: The API's hard maximum items per many-* request.
 API_MAX_ITEMS = 1000
 
@@ -46,6 +49,8 @@ ENV_VARS: frozenset[str] = frozenset(
         "BATCH_LINGER_MS",
         "MAX_IN_FLIGHT",
         "MAX_BUFFERED_MESSAGES",
+        "MAX_BUFFERED_BYTES",
+        "BATCH_COALESCE",
         "RATE_LIMIT_RPS",
         "DAILY_REQUEST_QUOTA",
         "HTTP_TIMEOUT_S",
@@ -99,6 +104,17 @@ def _float(env: Mapping[str, str], name: str, default: float, *, lo: float) -> f
     return value
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean: use true or false")
+
+
 def _required(env: Mapping[str, str], name: str, hint: str) -> str:
     value = env.get(name, "").strip()
     if not value:
@@ -143,6 +159,10 @@ class Settings:
     batch_linger_ms: int = 1000
     max_in_flight: int = 16
     max_buffered_messages: int = 50_000
+    #: Bytes of buffered message values: the default leaves headroom in the shipped 384-512 MiB
+    #: pod limits (each buffered byte costs about three in memory: value, item JSON, objects).
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
+    batch_coalesce: bool = False
     rate_limit_rps: float = 90.0
     daily_request_quota: int = 50_000
     http_timeout_s: float = 30.0
@@ -231,6 +251,10 @@ class Settings:
             batch_linger_ms=_int(env, "BATCH_LINGER_MS", 1000, lo=0),
             max_in_flight=_int(env, "MAX_IN_FLIGHT", 16, lo=1, hi=256),
             max_buffered_messages=_int(env, "MAX_BUFFERED_MESSAGES", 50_000, lo=1000),
+            max_buffered_bytes=_int(
+                env, "MAX_BUFFERED_BYTES", DEFAULT_MAX_BUFFERED_BYTES, lo=1024 * 1024
+            ),
+            batch_coalesce=_bool(env, "BATCH_COALESCE", False),
             rate_limit_rps=_float(env, "RATE_LIMIT_RPS", 90.0, lo=0.01),
             daily_request_quota=_int(env, "DAILY_REQUEST_QUOTA", 50_000, lo=0),
             http_timeout_s=_float(env, "HTTP_TIMEOUT_S", 30.0, lo=0.1),

@@ -11,8 +11,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from consumer.errors import DecodeError, RegistryUnavailable
-from consumer.records import Batch, Completion, DeadLetter, Item, Message, Position, TopicPartition
+from consumer.errors import BrokerError, DecodeError, RegistryUnavailable
+from consumer.records import (
+    Batch,
+    Completion,
+    DeadLetter,
+    Entity,
+    Item,
+    Message,
+    Position,
+    TopicPartition,
+)
 
 TIMESTAMP_MS = 1_700_000_000_000  # every message's Kafka timestamp
 ACK_DELAY_S = 2.5  # the API acknowledges each batch this long after that timestamp
@@ -134,7 +143,7 @@ class FakeSource:
         self.log.append(("commit", dict(offsets)))
         if self.fail_commits:
             self.fail_commits -= 1
-            raise TimeoutError("commit timed out")
+            raise BrokerError("commit timed out")
         self.commits.append((dict(offsets), frozenset(self._finished)))
         return dict(offsets)
 
@@ -252,11 +261,15 @@ class FakeSender:
         self.abandon_cancelled = False
         self.stopped = False
         self.capacity = True
+        self.busy_lanes: set[Entity] = set()
 
     def submit(self, batch: Batch) -> None:
         self.submitted.append(batch)
 
-    def has_capacity(self) -> bool:
+    def has_capacity(self, entity: Entity | None = None) -> bool:
+        """``capacity`` for every lane unless ``busy_lanes`` names the entity's."""
+        if entity is not None and entity in self.busy_lanes:
+            return False
         return self.capacity
 
     def stop(self) -> None:

@@ -115,9 +115,10 @@ class Rig:
         if value is None:
             value = f"{partition}:{offset}".encode()
         if value != b"bad":
-            self.decoder.records[value] = (
-                record or generate(Entity.AGENT, 1, seed=partition, start=offset)[0]
-            )
+            if record is None:  # a distinct agent per message unless the test says otherwise
+                record = generate(Entity.AGENT, 1, seed=partition, start=offset)[0]
+                record["externalAgentId"] = f"agent-{partition}-{offset}"
+            self.decoder.records[value] = record
         return Message(Position(TOPIC, partition, offset), b"key", value, TIMESTAMP_MS)
 
     def turn(self, times: int = 1) -> None:
@@ -425,6 +426,7 @@ def test_backpressure_pauses_every_assigned_partition_and_resumes_below_80_perce
 # --------------------------------------------------------------------------- rebalance
 def test_revoke_waits_within_its_bound_commits_finished_work_and_releases_unpaused() -> None:
     # revoke bound 4 s, of which min(commit_timeout_s, 4 / 2) = 2 s are kept for the commit
+    # and min(1 s, 4 / 10) = 0.4 s for the dead-letter flush: the wait ends 1.6 s in
     rig = Rig(partitions=(0, 1), max_items=2, revoke_timeout_s=4.0, commit_timeout_s=5.0)
     rig.source.feed(*(rig.msg(0, o) for o in range(6)), rig.msg(1, 0), rig.msg(1, 1))
     rig.source.feed(rig.msg(0, 6))
@@ -450,7 +452,7 @@ def test_revoke_waits_within_its_bound_commits_finished_work_and_releases_unpaus
     assert positions(flushed) == [(0, 6)]
     assert flushed.cancel.is_set()
     assert not any(x.cancel.is_set() for x in (a, b, c, e))
-    assert rig.clock.now == pytest.approx(started + 2.0, abs=0.06)
+    assert rig.clock.now == pytest.approx(started + 1.6, abs=0.06)
     # The revoke commits only the revoked partition, only as far as finished; p1 (finished
     # meanwhile, still ours) is committed by the regular commit after the callback.
     assert rig.source.commits[commits_before][0] == {tp(0): 6}

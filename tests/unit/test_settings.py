@@ -218,6 +218,8 @@ DISTINCT = {
     "BATCH_LINGER_MS": "123",
     "MAX_IN_FLIGHT": "3",
     "MAX_BUFFERED_MESSAGES": "1234",
+    "MAX_BUFFERED_BYTES": "2000000",
+    "BATCH_COALESCE": "true",
     "RATE_LIMIT_RPS": "7.5",
     "DAILY_REQUEST_QUOTA": "99",
     "HTTP_TIMEOUT_S": "4.5",
@@ -243,3 +245,26 @@ def test_every_env_var_is_read(name: str) -> None:
     baseline = Settings.from_env(BASE)
     changed = Settings.from_env(env(**{name: DISTINCT[name]}))
     assert changed != baseline, f"{name} is listed in ENV_VARS but from_env ignores it"
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        pytest.param("true", True, id="true"),
+        pytest.param("ON", True, id="on"),
+        pytest.param("0", False, id="zero"),
+        pytest.param("", False, id="unset"),
+    ],
+)
+def test_batch_coalesce_reads_booleans(raw: str, expected: bool) -> None:
+    assert Settings.from_env(env(BATCH_COALESCE=raw)).batch_coalesce is expected
+
+
+def test_batch_coalesce_rejects_a_non_boolean_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="BATCH_COALESCE='maybe'"):
+        Settings.from_env(env(BATCH_COALESCE="maybe"))
+
+
+def test_max_buffered_bytes_below_one_mebibyte_is_refused() -> None:
+    with pytest.raises(ConfigError, match="MAX_BUFFERED_BYTES"):
+        Settings.from_env(env(MAX_BUFFERED_BYTES="1000"))
