@@ -3,8 +3,9 @@
 - ``/healthz`` (liveness) fails when the poll loop has not completed an iteration within
   ``stall_timeout_s``: this thread keeps serving while the loop is stuck, so answering 200
   merely because HTTP works would hide exactly the failure liveness exists to catch.
-- ``/readyz`` (readiness) fails while no partition is assigned, while the API rejects our
-  credentials, and once stopping.
+- ``/readyz`` (readiness) fails once stopping, while any readiness blocker names a reason
+  (the API rejects our credentials, the dead-letter producer cannot write...), and while no
+  partition is assigned; the JSON body's ``reason`` says which.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -22,28 +23,38 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 log = logging.getLogger(__name__)
 
 
+#: Returns why the pod must not receive traffic (e.g. "ASAPP API rejects the credentials"),
+#: or None when this component does not block readiness.
+Blocker = Callable[[], str | None]
+
+
 @dataclass(frozen=True, slots=True)
 class Probe:
-    """What the health endpoints read; each callable is cheap and thread-safe."""
+    """What the health endpoints read; each callable is cheap and thread-safe (they run on
+    the health server's thread while the loop runs)."""
 
     last_iteration: Callable[[], float]  # monotonic time of the loop's last turn
     assigned: Callable[[], int]
-    credentials_rejected: Callable[[], bool]
+    blockers: Sequence[Blocker]
     stopping: Callable[[], bool]
     stall_timeout_s: float
     clock: Callable[[], float] = time.monotonic
 
     def live(self) -> tuple[bool, str]:
+        """(live, reason): not live once the loop has not turned for ``stall_timeout_s``."""
         stalled = self.clock() - self.last_iteration()
         if stalled > self.stall_timeout_s:
             return False, f"poll loop stalled for {stalled:.0f}s"
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
+        """(ready, reason): "stopping" first, then every blocker's reason ("; "-joined, in
+        the order given), then "no partitions assigned"; (True, "ok") otherwise."""
         if self.stopping():
             return False, "stopping"
-        if self.credentials_rejected():
-            return False, "ASAPP API rejects the credentials"
+        reasons = [r for r in (blocker() for blocker in self.blockers) if r]
+        if reasons:
+            return False, "; ".join(reasons)
         if self.assigned() == 0:
             return False, "no partitions assigned"
         return True, "ok"

@@ -25,6 +25,7 @@ from consumer.records import Entity
 from consumer.sandbox.api import EmulatedApi
 from consumer.sandbox.broker import LocalBroker
 from consumer.sandbox.produce import create_topics, produce_events, register_schemas
+from consumer.service import build_service, install_signal_handlers
 from consumer.settings import DEFAULT_TOPICS, Settings
 
 DLQ_TOPIC = "asapp.metadata.dlq"
@@ -82,8 +83,6 @@ class _Progress:
 def run_demo(
     *, events: int, wire_format: str, bad_every: int, timeout_s: float, hold_s: float
 ) -> int:
-    from consumer.cli import build_service, install_signal_handlers
-
     logs.setup("text", os.environ.get("LOG_LEVEL", "INFO").upper())
     workdir = Path(tempfile.mkdtemp(prefix="metadata-consumer-demo-"))
     registry = None

@@ -1,5 +1,6 @@
-"""``metadata-consumer run`` with bad configuration: a clear message naming the variable and
-exit status 2 (a crash loop would restart forever), and never the secret in the output."""
+"""The ``metadata-consumer`` command line: ``run`` with bad configuration gives a clear message
+naming the variable and exit status 2 (a crash loop would restart forever), never the secret in
+the output; the parser accepts every documented command and rejects unknown ones."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import sys
 
 import pytest
 
+from consumer.cli import DLQ_REASONS, main, parser
 from consumer.sandbox.broker import free_port
+from consumer.service import run_from_environment
 
 SECRET = "s3cr3t-value-never-printed"
 BASE = {
@@ -46,6 +49,11 @@ def run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ),
         pytest.param({"KAFKA_NO_SUCH_THING": "1"}, "KAFKA_NO_SUCH_THING", id="unknown-kafka-prop"),
         pytest.param(
+            {"KAFKA_GROUP_PROTOCOL": "consumer", "KAFKA_SESSION_TIMEOUT_MS": "6000"},
+            "KAFKA_SESSION_TIMEOUT_MS",
+            id="kip848-with-classic-property",
+        ),
+        pytest.param(
             {"TOPIC_AGENT": "", "TOPIC_CONVERSATION": "", "TOPIC_CUSTOMER": ""},
             "TOPIC_AGENT",
             id="no-topics",
@@ -72,3 +80,45 @@ def test_metrics_port_in_use_is_a_clear_error() -> None:
     assert result.returncode == 2, output
     assert "cannot start" in output and "Traceback" not in output
     assert SECRET not in output
+
+
+def test_run_in_process_with_bad_configuration_returns_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run_from_environment({**BASE, "KAFKA_BOOTSTRAP_SERVERS": ""}) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metadata-consumer: configuration error: ")
+    assert "KAFKA_BOOTSTRAP_SERVERS" in err and SECRET not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        pytest.param(["run"], "run", id="run"),
+        pytest.param(["demo", "--events", "10"], "demo", id="demo"),
+        pytest.param(["dlq", "replay", "--reason", "consume", "--execute"], "dlq", id="replay"),
+    ],
+)
+def test_parser_accepts_the_documented_commands(argv: list[str], command: str) -> None:
+    assert parser().parse_args(argv).command == command
+
+
+def test_replay_can_select_consumer_error_dead_letters() -> None:
+    assert "consume" in DLQ_REASONS
+    assert parser().parse_args(["dlq", "replay", "--reason", "consume"]).reason == "consume"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param([], id="no-command"),
+        pytest.param(["serve"], id="unknown-command"),
+        pytest.param(["dlq"], id="dlq-without-subcommand"),
+        pytest.param(["dlq", "replay", "--reason", "nope"], id="unknown-reason"),
+    ],
+)
+def test_bad_command_line_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert "usage: metadata-consumer" in capsys.readouterr().err

@@ -11,20 +11,24 @@ from prometheus_client import CollectorRegistry, Counter
 
 from consumer.health import HealthServer, Probe
 
+CREDENTIALS = "ASAPP API rejects the credentials"
+DLQ_FATAL = "dead-letter producer: _FATAL: idempotence ACL missing (fatal: restart needed)"
+
 
 @dataclass
 class FakeState:
     now: float = 1000.0
     last_iteration: float = 1000.0
     assigned: int = 3
-    credentials_rejected: bool = False
+    credentials: str | None = None  # the sender's Credentials.problem()
+    dead_letters: str | None = None  # the DLQ producer's problem()
     stopping: bool = False
 
     def probe(self, stall_timeout_s: float = 60.0) -> Probe:
         return Probe(
             last_iteration=lambda: self.last_iteration,
             assigned=lambda: self.assigned,
-            credentials_rejected=lambda: self.credentials_rejected,
+            blockers=[lambda: self.credentials, lambda: self.dead_letters],
             stopping=lambda: self.stopping,
             stall_timeout_s=stall_timeout_s,
             clock=lambda: self.now,
@@ -56,7 +60,7 @@ def server() -> Iterator[Running]:
 @pytest.fixture
 def running(server: Running) -> Running:
     fresh = FakeState()
-    for key in ("now", "last_iteration", "assigned", "credentials_rejected", "stopping"):
+    for key in ("now", "last_iteration", "assigned", "credentials", "dead_letters", "stopping"):
         setattr(server.state, key, getattr(fresh, key))
     return server
 
@@ -83,10 +87,19 @@ def test_healthz_fails_once_the_loop_stalls(running: Running) -> None:
     ("change", "reason"),
     [
         pytest.param({"assigned": 0}, "no partitions assigned", id="no-partitions"),
-        pytest.param({"credentials_rejected": True}, "credentials", id="credentials"),
+        pytest.param({"credentials": CREDENTIALS}, CREDENTIALS, id="credentials"),
+        pytest.param({"dead_letters": DLQ_FATAL}, DLQ_FATAL, id="dlq-producer"),
+        pytest.param(
+            {"credentials": CREDENTIALS, "dead_letters": DLQ_FATAL},
+            f"{CREDENTIALS}; {DLQ_FATAL}",
+            id="every-blocker-named",
+        ),
+        pytest.param(
+            {"dead_letters": DLQ_FATAL, "assigned": 0}, DLQ_FATAL, id="blocker-before-partitions"
+        ),
         pytest.param({"stopping": True}, "stopping", id="stopping"),
         pytest.param(
-            {"stopping": True, "assigned": 0, "credentials_rejected": True},
+            {"stopping": True, "assigned": 0, "credentials": CREDENTIALS},
             "stopping",
             id="stopping-wins",
         ),
@@ -98,8 +111,7 @@ def test_readyz_not_ready(running: Running, change: dict[str, object], reason: s
         setattr(running.state, key, value)
     response = running.client.get("/readyz")
     assert response.status_code == 503
-    assert response.json()["ok"] is False
-    assert reason in response.json()["reason"]
+    assert response.json() == {"ok": False, "reason": reason}
 
 
 def test_readyz_is_independent_of_liveness(running: Running) -> None:
@@ -130,3 +142,15 @@ def test_probe_without_server() -> None:
     assert probe.ready() == (True, "ok")
     state.now += 5.5
     assert probe.live()[0] is False
+
+
+def test_probe_without_blockers_is_ready_with_partitions() -> None:
+    probe = Probe(
+        last_iteration=lambda: 0.0,
+        assigned=lambda: 1,
+        blockers=[],
+        stopping=lambda: False,
+        stall_timeout_s=1.0,
+        clock=lambda: 0.0,
+    )
+    assert probe.ready() == (True, "ok")

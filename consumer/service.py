@@ -1,0 +1,211 @@
+"""The composition root: the only place that builds the real adapters and wires them into the
+pipeline, and the run of the production service (``metadata-consumer run``).
+
+The CLI (:mod:`consumer.cli`) parses arguments and dispatches here; the sandbox
+(:mod:`consumer.sandbox.demo`) builds the same service through :func:`build_service`.
+Nothing here imports the sandbox.
+
+Readiness (``/readyz``) is blocked, with the reason shown, by every component that knows it
+cannot make progress until an operator acts: the API rejecting our credentials, and the
+dead-letter producer's :meth:`~consumer.kafka.DeadLetterProducer.problem` (a fatal producer
+error, a missing ACL).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import FrameType
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+
+from consumer import logs
+from consumer.batcher import Batcher
+from consumer.decoder import (
+    GuardedRegistry,
+    PlainAvroDecoder,
+    RegistryAvroDecoder,
+    registry_client,
+)
+from consumer.errors import ConfigError, ConsumerError
+from consumer.health import Blocker, HealthServer, Probe
+from consumer.kafka import DeadLetterProducer, KafkaSource, consumer_config, redacted
+from consumer.mapping import to_item
+from consumer.metrics import Metrics
+from consumer.pipeline import Decoder, Pipeline, PipelineConfig
+from consumer.records import Entity
+from consumer.retry import Throttle
+from consumer.sender import Credentials, Sender
+from consumer.settings import SECRET_MARKERS, Settings
+from consumer.sink import ApiSink
+from consumer.validation import validator_for
+
+log = logging.getLogger("consumer")
+
+#: Exit statuses of :func:`run_from_environment`.
+EXIT_OK, EXIT_CONFIG = 0, 2
+
+
+@dataclass(slots=True)
+class Service:
+    """Everything ``run`` starts, wired together."""
+
+    settings: Settings
+    metrics: Metrics
+    pipeline: Pipeline
+    health: HealthServer
+    sink: ApiSink
+    dead_letters: DeadLetterProducer
+    credentials: Credentials
+
+    def run(self) -> None:
+        """Serve health, run the pipeline until :meth:`Pipeline.request_stop`; always releases
+        what it started (DLQ producer, HTTP client, health server), in that order."""
+        self.health.start()
+        try:
+            self.pipeline.run()
+        finally:
+            self.dead_letters.close()
+            self.sink.close()
+            self.health.stop()
+
+
+def credentials_blocker(credentials: Credentials) -> Blocker:
+    """The sender's credentials as a readiness blocker."""
+    # Becomes ``credentials.problem`` once Credentials says its own reason.
+    return lambda: "ASAPP API rejects the credentials" if credentials.rejected else None
+
+
+def _decoders(settings: Settings) -> dict[Entity, Decoder]:
+    if settings.schema_registry_url:
+        client = GuardedRegistry(
+            registry_client(settings.schema_registry_url, settings.schema_registry_auth)
+        )
+        return {e: RegistryAvroDecoder(e, client) for e in settings.topics}
+    return {e: PlainAvroDecoder(e) for e in settings.topics}
+
+
+def build_service(settings: Settings, registry: CollectorRegistry | None = None) -> Service:
+    """Compose the real service from ``settings`` (nothing runs yet).
+
+    Raises ConfigError when the Kafka client rejects the configuration and OSError when the
+    metrics port cannot be bound."""
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.daily_quota.set(settings.daily_request_quota)
+    credentials = Credentials(metrics)
+    sink = ApiSink(
+        base_url=settings.api_base_url,
+        api_id=settings.api_id,
+        api_secret=settings.api_secret,
+        timeout_s=settings.http_timeout_s,
+        max_connections=settings.max_in_flight,
+    )
+    sender = Sender(
+        sink=sink,
+        throttle=Throttle(rate_rps=settings.rate_limit_rps),
+        metrics=metrics,
+        credentials=credentials,
+        threads=settings.max_in_flight,
+        retry_max_backoff_s=settings.retry_max_backoff_s,
+        malformed_max_attempts=settings.malformed_response_max_attempts,
+    )
+    dead_letters = DeadLetterProducer(settings)
+    pipeline = Pipeline(
+        config=PipelineConfig(
+            topic_entities=settings.topic_entities,
+            max_buffered_messages=settings.max_buffered_messages,
+            max_buffered_bytes=settings.max_buffered_bytes,
+            revoke_timeout_s=settings.revoke_timeout_s,
+            shutdown_timeout_s=settings.shutdown_timeout_s,
+            commit_timeout_s=settings.commit_timeout_s,
+            retry_max_backoff_s=settings.retry_max_backoff_s,
+            coalesce=settings.batch_coalesce,
+        ),
+        source=KafkaSource(settings),
+        dead_letters=dead_letters,
+        sender=sender,
+        batcher=Batcher(
+            max_items=settings.batch_max_items,
+            max_bytes=settings.batch_max_bytes,
+            linger_s=settings.batch_linger_ms / 1000.0,
+        ),
+        decoders=_decoders(settings),
+        validators={e: validator_for(e) for e in settings.topics},
+        mapper=to_item,
+        metrics=metrics,
+    )
+    probe = Probe(
+        last_iteration=lambda: pipeline.last_iteration,
+        assigned=lambda: len(pipeline.assigned),
+        blockers=[credentials_blocker(credentials), dead_letters.problem],
+        stopping=lambda: pipeline.stopping,
+        stall_timeout_s=settings.health_stall_timeout_s,
+    )
+    metrics.ready.set_function(lambda: 1.0 if probe.ready()[0] else 0.0)
+    health = HealthServer(registry=registry, probe=probe, port=settings.metrics_port)
+    return Service(settings, metrics, pipeline, health, sink, dead_letters, credentials)
+
+
+def secrets(settings: Settings) -> list[str]:
+    """Every configured secret value, for the log scrubber."""
+    found = [settings.api_secret]
+    if settings.schema_registry_auth:
+        found += [settings.schema_registry_auth, settings.schema_registry_auth.partition(":")[2]]
+    found += [
+        v for k, v in settings.kafka_properties.items() if any(m in k for m in SECRET_MARKERS)
+    ]
+    return found
+
+
+def install_signal_handlers(pipeline: Pipeline) -> None:
+    """SIGTERM / SIGINT only request a stop; the loop drains, commits and exits 0."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name, extra={"event": "signal"})
+        pipeline.request_stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def process_registry() -> CollectorRegistry:
+    """A metrics registry with the process and platform collectors."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+def run_from_environment(env: Mapping[str, str] | None = None) -> int:
+    """``metadata-consumer run``: configure from ``env`` (default: the process environment),
+    run until SIGTERM/SIGINT, return the exit status: 0 after a clean stop, 2 for a
+    configuration or start-up error (one clear line naming the variable, no traceback)."""
+    try:
+        settings = Settings.from_env(env)
+    except ConfigError as exc:
+        print(f"metadata-consumer: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logs.setup(settings.log_format, settings.log_level, secrets=secrets(settings))
+    try:
+        service = build_service(settings, process_registry())
+    except (ConsumerError, ValueError, OSError) as exc:
+        log.error("cannot start: %s", exc, extra={"event": "startup_failed"})
+        return EXIT_CONFIG
+    install_signal_handlers(service.pipeline)
+    log.info(
+        "starting",
+        extra={
+            "event": "start",
+            "group": settings.group_id,
+            "topics": sorted(settings.topic_entities),
+            "api": settings.api_base_url,
+            "wire_format": "confluent" if settings.schema_registry_url else "plain",
+            "kafka": redacted(consumer_config(settings)),
+        },
+    )
+    service.run()
+    return EXIT_OK
