@@ -289,6 +289,7 @@ class FakeSender:
         others = {id(i) for i in (*dead, *abandoned)}
         delivered = [i for i in batch.items if id(i) not in others]
         self._finished.update(i.position for i in delivered)
+        self._finished.update(s.position for i in batch.items for s in i.superseded)
         self._done.add(id(batch))
         batch.retrying = False  # as the sender thread does before handing the batch back
         self.completions.put(

@@ -653,3 +653,170 @@ def test_a_lingering_batch_stays_open_and_fills_while_every_sender_thread_is_bus
     rig.sender.capacity = True  # a thread is free again: the lingering batch goes out
     rig.turn()
     assert [b.close_reason for b in rig.sender.submitted] == ["count", "linger"]
+
+
+# --------------------------------------------------------------------------- per-id order
+def versioned(rig: Rig, partition: int, offset: int, agent_id: str) -> Message:
+    """A valid agent event of ``agent_id`` (its versions differ by offset)."""
+    record = generate(Entity.AGENT, 1, seed=partition, start=offset)[0]
+    record["externalAgentId"] = agent_id
+    return rig.msg(partition, offset, value=f"{agent_id}:{offset}".encode(), record=record)
+
+
+def test_a_newer_version_waits_while_an_earlier_one_of_its_id_is_in_flight() -> None:
+    rig = Rig(partitions=(0, 1), max_items=2)
+    rig.source.feed(versioned(rig, 0, 0, "a"), versioned(rig, 0, 1, "b"))
+    rig.turn()
+    [first] = rig.sender.submitted
+    first.retrying = True  # 503: waiting to be retried
+    # a's next version, and two unrelated ids that may go out meanwhile
+    rig.source.feed(versioned(rig, 1, 0, "a"), versioned(rig, 1, 1, "c"), versioned(rig, 1, 2, "d"))
+    rig.turn()
+    assert [positions(b) for b in rig.sender.submitted[1:]] == [[(1, 1), (1, 2)]]
+    assert rig.sample("items_deferred") == 1
+    rig.sender.complete(first)
+    rig.turn()
+    assert rig.batcher.open_items() == 1  # a@(1, 0) joined the open batch only now
+    rig.source.feed(versioned(rig, 1, 3, "e"))
+    rig.turn()
+    assert positions(rig.sender.submitted[-1]) == [(1, 0), (1, 3)]
+    assert rig.sample("items_deferred") == 0
+
+
+def test_versions_of_one_id_in_one_batch_keep_their_offset_order() -> None:
+    rig = Rig(max_items=3)
+    rig.source.feed(*(versioned(rig, 0, o, "a") for o in range(3)))
+    rig.turn()
+    [batch] = rig.sender.submitted
+    assert positions(batch) == [(0, 0), (0, 1), (0, 2)]
+
+
+def test_abandoned_items_go_back_before_the_newer_versions_deferred_behind_them() -> None:
+    rig = Rig(max_items=1)
+    rig.source.feed(versioned(rig, 0, 0, "a"))
+    rig.turn()
+    [first] = rig.sender.submitted
+    rig.source.feed(versioned(rig, 0, 1, "a"))
+    rig.turn()
+    assert len(rig.sender.submitted) == 1  # a@1 deferred
+    rig.sender.complete(first, abandoned=first.items)  # e.g. a sender crash: items come back
+    rig.turn()
+    assert [positions(b) for b in rig.sender.submitted[1:]] == [[(0, 0)]]
+    rig.sender.complete(rig.sender.submitted[1])
+    rig.turn()
+    assert [positions(b) for b in rig.sender.submitted[2:]] == [[(0, 1)]]
+
+
+def test_coalescing_sends_only_the_newest_version_and_finishes_the_older_with_it() -> None:
+    rig = Rig(max_items=3, linger_s=1.0, coalesce=True)
+    rig.source.feed(*(versioned(rig, 0, o, "a") for o in range(3)), versioned(rig, 0, 3, "b"))
+    rig.turn()
+    rig.clock.advance(1.0)
+    rig.turn()
+    [batch] = rig.sender.submitted
+    assert positions(batch) == [(0, 2), (0, 3)]
+    assert rig.sample("items_superseded_total", entity="agent") == 2
+    rig.sender.complete(batch)
+    rig.turn()
+    assert rig.committed(0) == 4
+    assert_commit_invariant(rig.source)
+
+
+def test_coalescing_off_by_default_sends_every_version() -> None:
+    rig = Rig(max_items=3)
+    rig.source.feed(*(versioned(rig, 0, o, "a") for o in range(3)))
+    rig.turn()
+    assert [len(b) for b in rig.sender.submitted] == [3]
+
+
+# --------------------------------------------------------------------------- rebalance leftovers
+def test_items_of_lost_partitions_are_dropped_not_sent() -> None:
+    rig = Rig(partitions=(0, 1), max_items=10, linger_s=1.0)
+    rig.source.feed(rig.msg(0, 0), rig.msg(1, 0), Rebalance("lost", (tp(0),)))
+    rig.turn(2)
+    rig.clock.advance(1.0)
+    rig.turn()
+    assert [positions(b) for b in rig.sender.submitted] == [[(1, 0)]]
+
+
+def test_a_dead_letter_still_in_the_producer_is_not_written_again_after_reassignment() -> None:
+    rig = Rig(revoke_timeout_s=1.0)
+    rig.source.feed(rig.msg(0, 0, value=b"bad"))
+    rig.turn()
+    [dl] = rig.dlq.produced
+    # Revoked before the DLQ acknowledged; assigned back and read again from offset 0.
+    rig.source.feed(Rebalance("revoke", (tp(0),)), Rebalance("assign", (tp(0),)))
+    rig.turn(2)
+    rig.source.feed(rig.msg(0, 0, value=b"bad"))
+    rig.turn()
+    assert rig.dlq.produced == [dl]  # one write for the message, not two
+    rig.dlq.ack(dl)
+    rig.turn()
+    assert rig.committed(0) == 1
+    assert_commit_invariant(rig.source)
+
+
+def test_late_dead_letters_of_an_earlier_assignment_are_not_written() -> None:
+    rig = Rig(max_items=1, revoke_timeout_s=0.5)
+    rig.source.feed(rig.msg(0, 0))
+    rig.turn()
+    [batch] = rig.sender.submitted
+    rig.source.feed(Rebalance("revoke", (tp(0),)), Rebalance("assign", (tp(0),)))
+    rig.turn(2)
+    rig.source.feed(rig.msg(0, 0))
+    rig.turn()
+    rig.sender.complete(batch, dead=batch.items)  # the old request's answer arrives now
+    rig.turn()
+    assert rig.dlq.produced == []
+    assert rig.committed(0) in (None, 0)  # nothing finished the re-read message
+
+
+# --------------------------------------------------------------------------- offsets
+def test_a_rewound_partition_restarts_its_tracking_instead_of_dropping_messages() -> None:
+    rig = Rig(max_items=1)
+    rig.source.feed(*(rig.msg(0, o) for o in range(3)))
+    rig.turn()
+    old = list(rig.sender.submitted)
+    rig.sender.complete(old[0])
+    rig.turn()
+    assert rig.committed(0) == 1
+    # The log was truncated at 1 (unclean leader election): offsets 1.. are new messages.
+    rig.source.feed(versioned(rig, 0, 1, "new-1"), versioned(rig, 0, 2, "new-2"))
+    rig.turn()
+    assert rig.sample("offset_rewinds_total", topic=TOPIC) == 1
+    new = rig.sender.submitted[3:]
+    assert [positions(b) for b in new] == [[(0, 1)], [(0, 2)]]
+    for batch in old[1:]:  # the old requests' answers must not finish the new messages
+        rig.sender.complete(batch)
+    rig.turn()
+    assert rig.committed(0) == 1
+    for batch in new:
+        rig.sender.complete(batch)
+    rig.turn()
+    assert rig.committed(0) == 3
+
+
+def test_a_consumer_error_at_a_position_is_dead_lettered_not_skipped() -> None:
+    rig = Rig(max_items=1)
+    broken = Message(Position(TOPIC, 0, 0), None, None, None, error="Local: Bad message format")
+    rig.source.feed(broken, rig.msg(0, 1))
+    rig.turn()
+    [dl] = rig.dlq.produced
+    assert (dl.reason, dl.message.position.offset) == ("consume", 0)
+    assert rig.sample("consumer_errors_total", topic=TOPIC) == 1
+    rig.sender.complete(rig.sender.submitted[0])
+    rig.turn()
+    assert rig.committed(0) == 0  # not past the broken message before its dead letter is acked
+    rig.dlq.ack(dl)
+    rig.turn()
+    assert rig.committed(0) == 2
+
+
+def test_buffered_bytes_bound_pauses_every_partition() -> None:
+    rig = Rig(partitions=(0, 1), max_items=100, max_buffered_bytes=2 * 1024 * 1024)
+    rig.source.feed(
+        rig.msg(0, 0, value=b"x" * (2 * 1024 * 1024), record=generate(Entity.AGENT, 1)[0])
+    )
+    rig.turn()
+    assert rig.source.paused == {tp(0), tp(1)}
+    assert rig.sample("buffered_bytes") == 2 * 1024 * 1024
