@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from queue import Empty
 
 from consumer.batcher import Batcher
+from consumer.commits import Committer
 from consumer.deadline import Deadline
 from consumer.dispatch import Dispatcher
-from consumer.errors import BrokerError
 from consumer.holds import RegistryHolds
 from consumer.ingest import Ingest, Unavailable
 from consumer.metrics import Metrics
@@ -120,6 +120,16 @@ class Pipeline:
         # label lookups cost more than the increment on the hot path: cache the children
         self._mapped = {e: metrics.items_mapped.labels(e.value) for e in Entity}
         self.assigned: set[TopicPartition] = set()
+        self.committer = Committer(
+            source=source,
+            tracker=self.tracker,
+            metrics=metrics,
+            assigned=lambda: self.assigned,
+            commit_timeout_s=config.commit_timeout_s,
+            commit_interval_s=config.commit_interval_s,
+            lag_interval_s=config.lag_interval_s,
+            clock=clock,
+        )
         self._paused: set[TopicPartition] = set()
         self._fresh: set[TopicPartition] = set()  # assigned, pause state not yet enforced
         self._handing_over: set[TopicPartition] = set()  # abandoned items are not resent
@@ -127,9 +137,6 @@ class Pipeline:
         self._stop = threading.Event()
         self._stop_requested_at: float | None = None
         self._closing = False
-        self._async_commit_at: float | None = None
-        self._next_commit = 0.0
-        self._next_lag = 0.0
         self.last_iteration = clock()
         self.delivered_items = 0
         self.dead_lettered = 0
@@ -154,7 +161,7 @@ class Pipeline:
             on_assign=self.on_assign,
             on_revoke=self.on_revoke,
             on_lost=self.on_lost,
-            on_commit=self._on_commit,
+            on_commit=self.committer.on_commit,
         )
         log.info("subscribed", extra={"event": "subscribe", "topics": topics})
         try:
@@ -179,13 +186,7 @@ class Pipeline:
         self._retry_held()
         self.dispatch.send_due()
         self._update_pauses()
-        now = self.clock()
-        if now >= self._next_commit:
-            self._next_commit = now + self.config.commit_interval_s
-            self.commit()
-        if now >= self._next_lag:
-            self._next_lag = now + self.config.lag_interval_s
-            self._update_lag()
+        self.committer.when_due()
 
     def shutdown(self) -> None:
         """Hand over everything within the shutdown bound (counted from the stop request),
@@ -253,7 +254,7 @@ class Pipeline:
                 )
             self.outbox.flush(deadline.budget(flush_s, commit_s + close_s))  # 4
             self._drain_completions()
-            self.commit(  # 5
+            self.committer.commit(  # 5
                 only=tps, final=True, timeout_s=max(0.1, deadline.budget(commit_s, close_s))
             )
         finally:
@@ -488,84 +489,3 @@ class Pipeline:
         self.metrics.buffered_messages.set(pending)
         self.metrics.buffered_bytes.set(pending_bytes)
         self.metrics.items_deferred.set(self.dispatch.deferred_count())
-
-    def commit(
-        self,
-        *,
-        only: set[TopicPartition] | None = None,
-        final: bool = False,
-        timeout_s: float | None = None,
-    ) -> bool:
-        """Commit every partition whose committable offset advanced.
-
-        Regular commits are asynchronous (one outstanding at a time, its result arrives in
-        :meth:`_on_commit`), so a slow or unreachable broker never stalls the loop. ``final``
-        commits (revoke, shutdown) are synchronous and bounded by ``timeout_s``. A failure is
-        logged and retried later: offsets only ever move forward."""
-        offsets = {
-            tp: o
-            for tp, o in self.tracker.to_commit().items()
-            if tp in self.assigned and (only is None or tp in only)
-        }
-        if not offsets:
-            return True
-        started = self.clock()
-        try:
-            if not final:
-                pending = self._async_commit_at
-                if pending is not None and started - pending < self.config.commit_timeout_s:
-                    return True
-                self._async_commit_at = started
-                self.source.commit_async(offsets)
-                return True
-            done = self.source.commit(offsets, timeout_s or self.config.commit_timeout_s)
-        except (BrokerError, TimeoutError) as exc:  # try again next time
-            self._async_commit_at = None
-            self._commit_failed(exc, final)
-            return False
-        self.metrics.commit_duration.observe(self.clock() - started)
-        self._committed(done)
-        log.info(
-            "committed",
-            extra={"event": "commit", "offsets": {str(t): o for t, o in done.items()}},
-        )
-        return True
-
-    def _on_commit(self, error: str | None, done: dict[TopicPartition, int]) -> None:
-        """Result of a commit, served by the consumer from within :meth:`iterate`."""
-        sent_at, self._async_commit_at = self._async_commit_at, None
-        if sent_at is not None:
-            self.metrics.commit_duration.observe(self.clock() - sent_at)
-        if error is not None:
-            self._commit_failed(error, False)
-        if done:
-            self._committed(done)
-
-    def _committed(self, done: Mapping[TopicPartition, int]) -> None:
-        self.metrics.commits.labels("ok").inc()
-        for tp, offset in done.items():
-            if tp in self.assigned:  # a late answer for a released partition is history
-                self.tracker.mark_committed(tp, offset)
-                self.metrics.committed_offset.labels(tp.topic, str(tp.partition)).set(offset)
-
-    def _commit_failed(self, error: object, final: bool) -> None:
-        self.metrics.commits.labels("failed").inc()
-        log.warning("commit failed: %s", error, extra={"event": "commit_failed", "final": final})
-
-    def _update_lag(self) -> None:
-        unknown = [tp for tp in self.assigned if self.tracker.committed(tp) is None]
-        if unknown:
-            try:
-                for tp, offset in self.source.committed(unknown, 2.0).items():
-                    if offset is not None:
-                        self.tracker.mark_committed(tp, offset)
-            except (BrokerError, TimeoutError) as exc:  # best effort; commits report failures
-                log.debug("committed offsets unavailable: %s", exc)
-        for tp in self.assigned:
-            high = self.source.high_watermark(tp)
-            committed = self.tracker.committed(tp)
-            if high is None or committed is None:
-                continue
-            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
-                max(0, high - committed)
-            )

@@ -99,7 +99,7 @@ class Rig:
             on_assign=p.on_assign,
             on_revoke=p.on_revoke,
             on_lost=p.on_lost,
-            on_commit=getattr(p, "_on_commit", None),
+            on_commit=p.committer.on_commit,
         )
         p.on_assign([tp(n) for n in partitions])
 
