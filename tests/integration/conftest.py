@@ -5,6 +5,9 @@ real HTTP server), the schema registry stand-in, and the real service run as a s
 Each test gets its own topics and consumer group, so tests share one broker but not state.
 End offsets come from the producer's delivery reports (the local broker's high watermark is
 unreliable, see consumer/sandbox/produce.py).
+
+Audits shared by the end-to-end tests: :func:`audit_commits` (run after every test that
+started the service) and :func:`assert_newest_versions_last` (per-id order at the API).
 """
 
 from __future__ import annotations
@@ -30,10 +33,18 @@ from consumer.mapping import to_item
 from consumer.records import Entity
 from consumer.sandbox.api import EmulatedApi
 from consumer.sandbox.broker import LocalBroker, free_port
-from consumer.sandbox.events import encode_confluent, encode_plain, generate
+from consumer.sandbox.events import (
+    encode_confluent,
+    encode_plain,
+    generate,
+    generate_versions,
+    identity,
+)
 from consumer.sandbox.produce import create_topics
 
 PARTITIONS = 3
+#: The test producer's ``message.max.bytes``: room for the ~1 MB events some tests need.
+PRODUCER_MAX_BYTES = 4_000_000
 API_ID, API_SECRET = "it-app", "it-secret-3f9a7c"
 
 
@@ -58,6 +69,7 @@ class Sent:
     key: bytes | None
     value: bytes
     expected: dict[str, Any] | None  # the API item; None for a message that must be dead-lettered
+    timestamp_ms: int = 0  # the message's timestamp (producer create time)
 
     @property
     def event_id(self) -> str:
@@ -76,6 +88,7 @@ class Env:
     sent: list[Sent] = field(default_factory=list)
     #: eventIds the API holds without having recorded them here (a 409 "already persisted").
     acknowledged: set[str] = field(default_factory=set)
+    _producer: Producer | None = field(default=None, repr=False)
 
     # -------------------------------------------------------------- producing
     def produce(
@@ -83,14 +96,25 @@ class Env:
         entity: Entity,
         values: list[tuple[bytes, dict[str, Any] | None]],
         partition: int | None = None,
+        keys: list[bytes] | None = None,
     ) -> list[Sent]:
-        """Produce raw values (with the item each should become, or None for dead letters)."""
-        producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+        """Produce raw values (with the item each should become, or None for dead letters),
+        keyed ``k<i>`` unless ``keys`` are given; returns once every one is acknowledged.
+        Thread-safe (one producer per Env)."""
+        if self._producer is None:
+            self._producer = Producer(
+                {
+                    "bootstrap.servers": self.bootstrap,
+                    "linger.ms": 5,
+                    "message.max.bytes": PRODUCER_MAX_BYTES,
+                }
+            )
+        producer = self._producer
         out: list[Sent] = []
         topic = self.topics[entity]
 
         for i, (value, record) in enumerate(values):
-            key = f"k{i}".encode()
+            key = keys[i] if keys is not None else f"k{i}".encode()
 
             def report(
                 err: Any, msg: Any, value: bytes = value, record: Any = record, key: bytes = key
@@ -106,7 +130,16 @@ class Env:
                         offset=msg.offset(),
                     )
                 out.append(
-                    Sent(entity, msg.topic(), msg.partition(), msg.offset(), key, value, expected)
+                    Sent(
+                        entity,
+                        msg.topic(),
+                        msg.partition(),
+                        msg.offset(),
+                        key,
+                        value,
+                        expected,
+                        msg.timestamp()[1],
+                    )
                 )
 
             kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": report}
@@ -115,6 +148,7 @@ class Env:
             producer.produce(topic, **kwargs)
             producer.poll(0)
         assert producer.flush(30) == 0
+        assert len(out) == len(values), "a delivery report is missing"
         self.sent.extend(out)
         return out
 
@@ -135,6 +169,16 @@ class Env:
         else:
             values = [(encode_plain(entity, r), r) for r in records]
         return self.produce(entity, values, partition=partition)  # type: ignore[arg-type]
+
+    def produce_versions(
+        self, entity: Entity, ids: int, versions: int, *, seed: int = 1
+    ) -> list[Sent]:
+        """:func:`generate_versions`, keyed by the entity id so that every version of one id
+        lands on one partition, in version order."""
+        records = generate_versions(entity, ids, versions, seed=seed)
+        values = [(encode_plain(entity, r), r) for r in records]
+        keys = ["/".join(identity(entity, r)).encode() for r in records]
+        return self.produce(entity, values, keys=keys)  # type: ignore[arg-type]
 
     # -------------------------------------------------------------- reading back
     def end_offsets(self) -> dict[tuple[str, int], int]:
@@ -358,6 +402,44 @@ def _health_up(service: Service) -> bool:
         return service.get("/healthz").status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def stale_ids(api: EmulatedApi, env: Env) -> dict[tuple[Entity, tuple[str, ...]], str]:
+    """Entity ids whose last item accepted at the API is not their newest event (the highest
+    offset of the id's partition), mapped to a description; ids never accepted count as stale.
+
+    Only messages expected to reach the API are considered; every version of one id must sit
+    on one partition (produce them keyed by the id, as :meth:`Env.produce_versions` does).
+    """
+    newest: dict[tuple[Entity, tuple[str, ...]], Sent] = {}
+    for s in env.sent:
+        if s.expected is None:
+            continue
+        key = (s.entity, identity(s.entity, s.expected))
+        held = newest.get(key)
+        if held is not None:
+            assert (held.topic, held.partition) == (s.topic, s.partition), (
+                f"versions of {key} are on two partitions: newest is ambiguous"
+            )
+        if held is None or s.offset > held.offset:
+            newest[key] = s
+    last: dict[tuple[Entity, tuple[str, ...]], str] = {}
+    for entity in {e for e, _ in newest}:
+        for item in api.items(entity):
+            last[(entity, identity(entity, item))] = str(item["eventId"])
+    out: dict[tuple[Entity, tuple[str, ...]], str] = {}
+    for key, s in newest.items():
+        got = last.get(key)
+        if got != s.event_id:
+            out[key] = f"last accepted {got}, newest {s.event_id} (@{s.offset})"
+    return out
+
+
+def assert_newest_versions_last(api: EmulatedApi, env: Env) -> None:
+    """Per-id order at the API: for every entity id produced, the last item the API accepted
+    is the id's newest event (a retried older version never lands after a newer one)."""
+    stale = stale_ids(api, env)
+    assert not stale, f"{len(stale)} ids end on an older version, e.g. {list(stale.items())[:3]}"
 
 
 def items_by_event_id(api: EmulatedApi, env: Env) -> dict[str, list[dict[str, Any]]]:
