@@ -7,6 +7,7 @@ every retry path completes in well under a second.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,12 +44,9 @@ def sent_ids(request: httpx.Request) -> list[str]:
 
 def ok(request: httpx.Request, errors: dict[str, str] | None = None) -> httpx.Response:
     errors = errors or {}
+    results = [{"eventId": e, "error": errors.get(e, "")} for e in sent_ids(request)]
     return httpx.Response(
-        200,
-        json={
-            "errorCount": len(errors),
-            "results": [{"eventId": e, "error": errors.get(e, "")} for e in sent_ids(request)],
-        },
+        200, json={"errorCount": sum(1 for r in results if r["error"]), "results": results}
     )
 
 
@@ -180,12 +178,73 @@ def test_400_per_item_dead_letters_all_and_never_resends(
     assert len(h.script.requests) == 1
 
 
-def test_409_counts_as_delivered(harness: Callable[..., Harness]) -> None:
+def test_409_for_a_single_item_counts_as_delivered(harness: Callable[..., Harness]) -> None:
     h = harness(status(409))
-    c = h.run(batch("a", "b"))
-    assert [i.event_id for i in c.delivered] == ["a", "b"]
+    c = h.run(batch("a"))
+    assert [i.event_id for i in c.delivered] == ["a"]
     assert c.dead == []
     assert len(h.script.requests) == 1
+
+
+def test_409_for_a_batch_is_split_down_to_single_items(harness: Callable[..., Harness]) -> None:
+    """ASAPP documents 409 for one entity: a batch's 409 never marks the whole batch delivered
+    (the old code did, after one request)."""
+
+    def conflict_or_reject(request: httpx.Request) -> httpx.Response:
+        ids = sent_ids(request)
+        if len(ids) > 1:
+            return status(409)(request)
+        return ok(request, {"c": "FAIL_BAD_PARAMS: no"})
+
+    h = harness(then=conflict_or_reject)
+    c = h.run(batch("a", "b", "c", "d"))
+    assert h.script.requests == [
+        ["a", "b", "c", "d"],
+        ["a", "b"],
+        ["a"],
+        ["b"],
+        ["c", "d"],
+        ["c"],
+        ["d"],
+    ]
+    assert sorted(i.event_id for i in c.delivered) == ["a", "b", "d"]
+    assert [(d.message.key, d.reason) for d in c.dead] == [(b"c", "rejected")]
+    assert h.value("retries_total", entity="agent", cause="409_split") == 3
+
+
+def test_409_for_single_items_after_a_split_are_delivered(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness(then=status(409))
+    c = h.run(batch("a", "b"))
+    assert sorted(i.event_id for i in c.delivered) == ["a", "b"]
+    assert h.script.requests == [["a", "b"], ["a"], ["b"]]
+
+
+def test_400_whose_results_cannot_be_read_is_dead_lettered_not_resent(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness(status(400, body=b"<html>bad request</html>"))
+    c = h.run(batch("a", "b"))
+    assert c.delivered == []
+    assert {(d.reason, d.http_status) for d in c.dead} == {("http", 400)}
+    assert all(d.error == "HTTP 400: <html>bad request</html>" for d in c.dead)
+    assert len(h.script.requests) == 1
+
+
+def test_an_errorcount_naming_no_failed_item_is_never_delivered(
+    harness: Callable[..., Harness],
+) -> None:
+    def says_one_failed(request: httpx.Request) -> httpx.Response:
+        results = [{"eventId": e, "error": ""} for e in sent_ids(request)]
+        return httpx.Response(200, json={"errorCount": 1, "results": results})
+
+    h = harness(then=says_one_failed, malformed_max_attempts=2)
+    c = h.run(batch("a", "b"))
+    assert c.delivered == []
+    assert {(d.reason, d.http_status) for d in c.dead} == {("http", 200)}
+    assert all("errorCount 1 but 0 failed" in d.error for d in c.dead)
+    assert len(h.script.requests) == 2
 
 
 @pytest.mark.parametrize("code", [404, 422])
@@ -365,35 +424,205 @@ def test_clip_keeps_utf8_valid_under_the_limit() -> None:
     assert clip("short") == "short"
 
 
-def test_has_capacity_only_while_a_thread_is_free() -> None:
+def wait_for(condition: Callable[[], bool], timeout_s: float = 2.0) -> bool:
+    """Poll ``condition`` (threads elsewhere make it true); its last value."""
+    end = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < end:
+        threading.Event().wait(0.005)
+    return condition()
+
+
+def test_has_capacity_per_entity_only_while_a_thread_of_its_lane_is_free() -> None:
     release = threading.Event()
 
     def slow(request: httpx.Request) -> httpx.Response:
         release.wait(5)
         return ok(request)
 
-    h = Harness(Script(then=slow))  # two threads
+    h = Harness(Script(then=slow))  # two threads per entity
     try:
-        wait = time.monotonic() + 2
-        while not h.sender.has_capacity() and time.monotonic() < wait:
-            time.sleep(0.01)
-        assert h.sender.has_capacity()
+        assert wait_for(lambda: all(h.sender.has_capacity(e) for e in Entity))
         h.sender.submit(batch("a"))
         h.sender.submit(batch("b"))
-        h.script.seen.wait(2)
-        wait = time.monotonic() + 2
-        while h.sender.has_capacity() and time.monotonic() < wait:
-            time.sleep(0.01)
-        assert not h.sender.has_capacity(), "both threads are busy"
+        assert wait_for(lambda: not h.sender.has_capacity(Entity.AGENT)), "both threads busy"
+        assert h.sender.has_capacity(Entity.CUSTOMER), "another entity's lane is free"
+        assert h.sender.has_capacity(), "some lane is free"
         h.sender.submit(batch("c"))
-        assert not h.sender.has_capacity(), "a queued batch is ahead of any new one"
+        assert not h.sender.has_capacity(Entity.AGENT), "a queued batch is ahead of a new one"
         release.set()
         for _ in range(3):
             h.sender.completions.get(timeout=5)
-        wait = time.monotonic() + 2
-        while not h.sender.has_capacity() and time.monotonic() < wait:
-            time.sleep(0.01)
-        assert h.sender.has_capacity()
+        assert wait_for(lambda: h.sender.has_capacity(Entity.AGENT))
     finally:
         release.set()
         h.close()
+
+
+def test_has_capacity_is_false_during_a_pod_wide_pause(harness: Callable[..., Harness]) -> None:
+    h = harness()
+    assert wait_for(h.sender.has_capacity)
+    h.sender.throttle.pause(30.0)
+    assert not h.sender.has_capacity()
+    assert not h.sender.has_capacity(Entity.CUSTOMER)
+
+
+def test_a_hanging_conversation_endpoint_does_not_hold_agent_threads() -> None:
+    """Both conversation batches hang; an agent batch is still delivered at once (with one
+    shared pool, the two threads were both held by the hanging endpoint)."""
+    release = threading.Event()
+
+    def hang_conversations(request: httpx.Request) -> httpx.Response:
+        if "convo" in request.url.path:
+            release.wait(10)
+        return ok(request)
+
+    h = Harness(Script(then=hang_conversations))
+    try:
+        h.sender.submit(batch("c1", entity=Entity.CONVERSATION))
+        h.sender.submit(batch("c2", entity=Entity.CONVERSATION))
+        assert wait_for(lambda: not h.sender.has_capacity(Entity.CONVERSATION))
+        agents = batch("a")
+        h.sender.submit(agents)
+        first = h.sender.completions.get(timeout=3)
+        assert first.batch is agents
+        assert [i.event_id for i in first.delivered] == ["a"]
+    finally:
+        release.set()
+        for _ in range(2):
+            h.sender.completions.get(timeout=5)
+        h.close()
+
+
+def test_403_holds_only_its_entity_never_dead_letters_and_logs_once(
+    harness: Callable[..., Harness], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="consumer.sender")
+    forbidden = threading.Event()
+    forbidden.set()
+    problems: list[str | None] = []
+
+    def convo_forbidden(request: httpx.Request) -> httpx.Response:
+        if "convo" in request.url.path and forbidden.is_set():
+            return status(403)(request)
+        return ok(request)
+
+    h = harness(then=convo_forbidden)
+    convo = batch("c1", entity=Entity.CONVERSATION)
+    h.sender.submit(convo)
+    assert wait_for(lambda: len(h.script.requests) >= 3), "the lane probes again"
+    problems.append(h.credentials.problem())
+    assert h.credentials.rejected is True  # health reads this until it uses problem()
+    assert h.value("credentials_rejected") == 1
+    c = h.run(batch("a"))  # another entity is not held
+    assert [i.event_id for i in c.delivered] == ["a"]
+    assert h.credentials.problem() is not None, "an agent answer does not clear the 403"
+    forbidden.clear()
+    done = h.sender.completions.get(timeout=5)
+    assert done.batch is convo
+    assert_partitioned(done)
+    assert [i.event_id for i in done.delivered] == ["c1"]
+    assert done.dead == []
+    assert problems == ["ASAPP API forbids many-convo-metadata for this app (HTTP 403)"]
+    assert h.credentials.problem() is None
+    assert h.credentials.rejected is False
+    events = [getattr(r, "event", None) for r in caplog.records]
+    assert events.count("endpoint_forbidden") == 1
+    assert events.count("endpoint_allowed") == 1
+    assert h.value("retries_total", entity="conversation", cause="forbidden") >= 2
+
+
+def test_401_holds_the_whole_pod(harness: Callable[..., Harness]) -> None:
+    h = harness(status(401))
+    h.sender.auth_backoff = Backoff(base_s=30.0, cap_s=30.0, jitter=False)
+    b = batch("a")
+    h.sender.submit(b)
+    assert wait_for(lambda: h.credentials.problem() is not None)
+    assert h.credentials.problem() == "ASAPP API rejects the credentials (HTTP 401)"
+    assert not h.sender.has_capacity(Entity.CUSTOMER), "every entity waits for the probe"
+    b.cancel.set()
+    c = h.sender.completions.get(timeout=2)
+    assert [i.event_id for i in c.abandoned] == ["a"]
+    assert c.dead == []
+
+
+@pytest.mark.parametrize("code", [301, 302, 307, 308])
+def test_a_redirect_is_a_configuration_error_never_a_dead_letter(
+    harness: Callable[..., Harness], caplog: pytest.LogCaptureFixture, code: int
+) -> None:
+    problems: list[str | None] = []
+    h = harness(status(code, {"Location": "https://elsewhere.test/"}), status(code))
+
+    def observe_then_ok(request: httpx.Request) -> httpx.Response:
+        problems.append(h.credentials.problem())
+        return ok(request)
+
+    h.script.then = observe_then_ok
+    c = h.run(batch("a"))
+    assert [i.event_id for i in c.delivered] == ["a"]
+    assert c.dead == []
+    assert problems == [f"ASAPP API answers HTTP {code}: check ASAPP_API_BASE_URL"]
+    assert h.credentials.problem() is None
+    events = [getattr(r, "event", None) for r in caplog.records]
+    assert events.count("api_redirected") == 1
+    assert h.value("retries_total", entity="agent", cause="redirect") == 2
+
+
+def test_concurrent_429s_of_one_episode_pause_once() -> None:
+    """Two requests on the wire together both get a 429: one episode, one 1-step pause (the
+    old code counted the second answer as the next step and doubled the pause)."""
+    together = threading.Barrier(2, timeout=5)
+    calls: list[int] = []
+    lock = threading.Lock()
+
+    def both_limited(request: httpx.Request) -> httpx.Response:
+        with lock:
+            calls.append(1)
+            n = len(calls)
+        if n <= 2:
+            together.wait()
+            return status(429)(request)
+        return ok(request)
+
+    h = Harness(Script(then=both_limited))
+    h.sender.limited_backoff = Backoff(base_s=0.05, cap_s=1.0, jitter=False)
+    try:
+        h.sender.submit(batch("a"))
+        h.sender.submit(batch("b"))
+        done = [h.sender.completions.get(timeout=5) for _ in range(2)]
+        assert all(len(c.delivered) == 1 for c in done)
+        assert h.value("retries_total", entity="agent", cause="429") == 2
+        assert h.value("backoff_seconds_total", cause="429") == pytest.approx(0.05)
+        assert h.sender.throttle.gate.episodes == 0, "the retries' success ended the episode"
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize(
+    "retry_after",
+    [
+        pytest.param("0", id="zero"),
+        pytest.param("Wed, 21 Oct 2015 07:28:00 GMT", id="past-date"),
+    ],
+)
+def test_retry_after_zero_or_past_pauses_the_advised_step_not_zero(
+    harness: Callable[..., Harness], retry_after: str
+) -> None:
+    h = harness(status(429, {"Retry-After": retry_after}))
+    h.sender.limited_backoff = Backoff(base_s=0.05, cap_s=1.0, jitter=False)
+    c = h.run(batch("a"))
+    assert [i.event_id for i in c.delivered] == ["a"]
+    assert h.value("backoff_seconds_total", cause="429") == pytest.approx(0.05)
+
+
+def test_retrying_is_set_while_waiting_and_cleared_on_completion(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness(then=status(503))
+    h.sender.transient_backoff = Backoff(base_s=30.0, cap_s=30.0, jitter=False)
+    b = batch("a")
+    h.sender.submit(b)
+    assert wait_for(lambda: b.retrying)
+    b.cancel.set()
+    c = h.sender.completions.get(timeout=2)
+    assert c.batch.retrying is False
+    assert [i.event_id for i in c.abandoned] == ["a"]
