@@ -144,12 +144,13 @@ def match_results(items: Sequence[Item], results: Any) -> list[str] | None:
     2. The results whose ids are not ours (a server-made id, none, or one more than we sent)
        go to the items left unmatched, by position, only when both leftovers have the same
        length; otherwise None.
-    3. A pairing is a guess wherever two items could have swapped results: among the leftovers
-       of step 2, and among items sharing an id. The guess is trusted only when the server
-       visibly kept our order (every id-matched result sits at its item's index) or when
-       swapping cannot matter (every result of the group has the same verdict). Otherwise the
-       response says some of the group failed and we cannot tell which: every item of that
-       group gets an error saying so, so none of them is counted delivered.
+    3. A pairing is a guess wherever two items could have swapped results. Among the leftovers
+       of step 2 it is trusted when the server visibly kept our order (every id-matched result
+       sits at its item's index); among items sharing an id never (a swap of two results with
+       the same id cannot be seen). A guess that cannot matter (every result of the group has
+       the same verdict) stands; otherwise the response says some of the group failed and we
+       cannot tell which: every item of the group gets an error saying so, and none of them is
+       counted delivered.
     """
     parsed = _parse_results(results)
     if parsed is None:
@@ -174,10 +175,10 @@ def match_results(items: Sequence[Item], results: Any) -> list[str] | None:
     for index, error in zip(left, foreign, strict=True):
         aligned[index] = error
     errors = [error or "" for error in aligned]
-    if not ordered:
-        groups = [left, *_shared_ids(items)]
-        for group in groups:
-            _blur(errors, group)
+    for group in [left] if not ordered else []:
+        _blur(errors, group)
+    for group in _shared_ids(items):
+        _blur(errors, group)
     return errors
 
 
