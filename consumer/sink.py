@@ -309,29 +309,38 @@ def classify(
         return _classify_200(items, content, duration_s)
     if status == 400:
         return _classify_400(items, content, duration_s)
+    kind = _kind(status)
+    if kind is Kind.MALFORMED:
+        return Outcome(kind, status, duration_s, detail=f"unexpected status: {excerpt(content)}")
     detail = _error_message(content)
-    if status == 409:
-        return Outcome(Kind.CONFLICT, status, duration_s, detail=detail)
-    if status == 413:
-        return Outcome(Kind.TOO_LARGE, status, duration_s, detail=detail)
-    if status == 429:
-        hint = _hint(retry_after)
-        return Outcome(Kind.RATE_LIMITED, status, duration_s, retry_after_s=hint, detail=detail)
-    if status == 401:
-        return Outcome(Kind.AUTH, status, duration_s, detail=detail)
-    if status == 403:
-        return Outcome(Kind.FORBIDDEN, status, duration_s, detail=detail)
+    if kind is Kind.REDIRECTED:
+        detail = f"redirected to {location[:200]}: {detail}" if location else f"redirect: {detail}"
+    hint = _hint(retry_after) if kind in (Kind.RATE_LIMITED, Kind.TRANSIENT) else None
+    return Outcome(kind, status, duration_s, retry_after_s=hint, detail=detail)
+
+
+#: Statuses with a kind of their own (200 and 400 carry per-item results: see classify).
+_BY_STATUS = {
+    401: Kind.AUTH,
+    403: Kind.FORBIDDEN,
+    408: Kind.TRANSIENT,
+    409: Kind.CONFLICT,
+    413: Kind.TOO_LARGE,
+    429: Kind.RATE_LIMITED,
+}
+
+
+def _kind(status: int) -> Kind:
+    """The kind of an answer without per-item results, by its status alone."""
+    if status in _BY_STATUS:
+        return _BY_STATUS[status]
     if 300 <= status < 400:
-        where = f"redirected to {location[:200]}" if location else "redirect"
-        return Outcome(Kind.REDIRECTED, status, duration_s, detail=f"{where}: {detail}")
-    if 500 <= status < 600 or status == 408:
-        hint = _hint(retry_after)
-        return Outcome(Kind.TRANSIENT, status, duration_s, retry_after_s=hint, detail=detail)
+        return Kind.REDIRECTED
+    if 500 <= status < 600:
+        return Kind.TRANSIENT
     if 400 <= status < 500:
-        return Outcome(Kind.CLIENT_ERROR, status, duration_s, detail=detail)
-    return Outcome(
-        Kind.MALFORMED, status, duration_s, detail=f"unexpected status: {excerpt(content)}"
-    )
+        return Kind.CLIENT_ERROR
+    return Kind.MALFORMED  # 1xx, another 2xx, nonsense
 
 
 def _hint(retry_after: str | None) -> float | None:
