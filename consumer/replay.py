@@ -18,6 +18,15 @@ Contract:
   ``dlq.replayed.from: <dlq topic>[<partition>]@<offset>``. It waits (bounded) for the
   broker's acknowledgements and exits 1 if any record was not acknowledged.
 - Records without ``dlq.source.topic`` are reported and skipped (never a failure).
+- A dead letter written without its value (header ``dlq.value.omitted``: it was too large for
+  the DLQ) gets its key and value from the source topic, read at ``dlq.source.partition`` /
+  ``dlq.source.offset`` (assign + seek, bounded by :data:`FETCH_TIMEOUT_S`), while the source
+  still retains it, in dry runs too. When it no longer does (the offset is below the low
+  watermark, or the record found there is not the one dead-lettered: another offset, size or
+  key), the record is reported ``cannot replay ... no longer retained`` and not produced; the
+  summary counts both (``values: fetched from source N, no longer retained M``, plus
+  ``unreadable K`` for reads that failed or timed out) and with ``--execute`` each record not
+  replayed for this counts as failed.
 - Delivery is at-least-once: replaying twice replays twice (the DLQ is not modified or
   marked). A replayed event keeps its ``eventId`` only when the event carries its own;
   otherwise the service derives the fallback ``eventId`` from the message's position, and the
@@ -38,7 +47,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -60,6 +69,8 @@ IDLE_S = 1.5
 SCAN_TIMEOUT_S = 300.0
 #: Upper bound on waiting for the broker to acknowledge the replayed records.
 DELIVERY_TIMEOUT_S = 30.0
+#: Upper bound on fetching one omitted value from its source topic.
+FETCH_TIMEOUT_S = 10.0
 METADATA_TIMEOUT_S = 10.0
 ERROR_CHARS = 120
 
@@ -121,7 +132,19 @@ class DeadLetterRecord:
 
     @property
     def source_partition(self) -> int | None:
-        raw = self.header("dlq.source.partition")
+        return self.int_header("dlq.source.partition")
+
+    @property
+    def source_offset(self) -> int | None:
+        return self.int_header("dlq.source.offset")
+
+    @property
+    def omitted_value_bytes(self) -> int | None:
+        """The original value's size when the dead letter was written without it."""
+        return self.int_header("dlq.value.omitted")
+
+    def int_header(self, name: str) -> int | None:
+        raw = self.header(name)
         return int(raw) if raw is not None and raw.isdigit() else None
 
     def replay_headers(self) -> list[Header]:
@@ -192,6 +215,96 @@ def scan(
         yield DeadLetterRecord.from_kafka(m)
         # After the caller is done with it: time spent producing is not the topic being idle.
         last = time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """The source record of a value-less dead letter, or why it cannot be had (``problem``)."""
+
+    key: bytes | None = None
+    value: bytes | None = None
+    problem: str | None = None
+    #: True when the problem is that the source no longer holds the record (retention,
+    #: compaction, a rewritten log); False for a read that failed or timed out.
+    gone: bool = True
+
+
+class SourceFetcher:
+    """Reads single records of the source topics by position (assign + seek, bounded).
+
+    ``consumer`` must have ``enable.partition.eof`` on (see :func:`scan_consumer`): the end of
+    a partition reached before the offset means the record is not there.
+    """
+
+    def __init__(self, consumer: Any, *, timeout_s: float = FETCH_TIMEOUT_S) -> None:
+        self._consumer = consumer
+        self._timeout_s = timeout_s
+
+    def fetch(self, r: DeadLetterRecord) -> Fetched:
+        """The record ``r`` was dead-lettered from, checked to be the same one: its offset,
+        its value's size (``dlq.value.omitted``) and its key (or the cut key's prefix and
+        size). Never raises: a failure to read is a ``problem``."""
+        topic, partition, offset = r.header("dlq.source.topic"), r.source_partition, r.source_offset
+        if topic is None or partition is None or offset is None:
+            return Fetched(
+                problem="no dlq.source.partition/offset header to find it by", gone=False
+            )
+        where = f"{topic}[{partition}]@{offset}"
+        try:
+            low, _high = self._consumer.get_watermark_offsets(
+                KTopicPartition(topic, partition), timeout=METADATA_TIMEOUT_S
+            )
+            if offset < low:
+                return Fetched(problem=f"{where} is no longer retained (low watermark {low})")
+            self._consumer.assign([KTopicPartition(topic, partition, offset)])
+            return self._read(r, where, offset)
+        except KafkaException as exc:
+            return Fetched(problem=f"cannot read {where}: {exc}", gone=False)
+
+    def _read(self, r: DeadLetterRecord, where: str, offset: int) -> Fetched:
+        deadline = time.monotonic() + self._timeout_s
+        while time.monotonic() < deadline:
+            m = self._consumer.poll(0.2)
+            if m is None:
+                continue
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    return Fetched(problem=f"{where} is not in the source topic (end reached)")
+                if err.fatal():
+                    raise KafkaException(err)
+                continue
+            found = int(m.offset() or 0)
+            if found < offset:
+                continue
+            if found > offset:
+                return Fetched(
+                    problem=f"{where} is no longer retained (the partition continues at {found})"
+                )
+            return self._checked(r, where, m.key(), m.value())
+        return Fetched(
+            problem=f"{where} could not be read within {self._timeout_s:.0f}s", gone=False
+        )
+
+    @staticmethod
+    def _checked(
+        r: DeadLetterRecord, where: str, key: bytes | None, value: bytes | None
+    ) -> Fetched:
+        size = len(value or b"")
+        if r.omitted_value_bytes is not None and size != r.omitted_value_bytes:
+            return Fetched(
+                problem=f"{where} is no longer the dead-lettered record "
+                f"(value of {size} bytes, expected {r.omitted_value_bytes})"
+            )
+        cut = r.int_header("dlq.key.truncated")
+        same_key = (
+            key == r.key
+            if cut is None
+            else key is not None and len(key) == cut and key.startswith(r.key or b"")
+        )
+        if not same_key:
+            return Fetched(problem=f"{where} is no longer the dead-lettered record (other key)")
+        return Fetched(key=key, value=value)
 
 
 def scan_consumer(settings: Settings) -> Consumer:
@@ -275,14 +388,17 @@ def run(
     limit: int,
     records: Iterator[DeadLetterRecord],
     producer: Any = None,
+    fetcher: SourceFetcher | None = None,
     out: TextIO = sys.stdout,
     delivery_timeout_s: float = DELIVERY_TIMEOUT_S,
 ) -> int:
     """Select from ``records``, print or replay them, print the summary; returns the exit code.
 
-    ``producer`` is required when ``execute`` is true and never touched otherwise.
+    ``producer`` is required when ``execute`` is true and never touched otherwise; ``fetcher``
+    reads the values of dead letters written without one (without it, such a record cannot
+    be replayed and is reported so).
     """
-    scanned = selected = skipped = 0
+    scanned = selected = skipped = fetched = gone = unreadable = 0
     replayer = Replayer(producer, out) if execute else None
     scan_error: str | None = None
     try:
@@ -297,6 +413,24 @@ def run(
                 continue
             selected += 1
             detail = f"reason={r.header('dlq.reason')}, error={_oneline(r.header('dlq.error'))}"
+            if r.omitted_value_bytes is not None:
+                source = (
+                    fetcher.fetch(r)
+                    if fetcher is not None
+                    else Fetched(problem="no source reader given", gone=False)
+                )
+                if source.problem is not None:
+                    gone += source.gone
+                    unreadable += not source.gone
+                    print(
+                        f"cannot replay {r.position}: its value ({r.omitted_value_bytes} bytes) "
+                        f"was omitted from the DLQ and {source.problem}",
+                        file=out,
+                    )
+                    continue
+                fetched += 1
+                r = replace(r, key=source.key, value=source.value)
+                detail += ", value fetched from the source topic"
             if replayer is None:
                 print(f"would replay {r.position} → {target} ({detail})", file=out)
             else:
@@ -310,13 +444,16 @@ def run(
         scan_error = f"cannot read {settings.dlq_topic}: {exc}"
         print(f"metadata-consumer dlq replay: {scan_error}", file=sys.stderr)
     head = f"{settings.dlq_topic}: scanned {scanned}, selected {selected}, skipped {skipped}"
+    if fetched or gone or unreadable:
+        head += f"; values: fetched from source {fetched}, no longer retained {gone}"
+        head += f", unreadable {unreadable}" if unreadable else ""
     if scan_error is not None:
         head += " (incomplete: read failed)"
     if replayer is None:
         print(f"{head}; dry run, nothing produced (add --execute to replay)", file=out)
         return 1 if scan_error else 0
     unacked = replayer.finish(delivery_timeout_s)
-    failed = replayer.failed + unacked
+    failed = replayer.failed + unacked + gone + unreadable
     per_topic = ", ".join(f"{t}={n}" for t, n in sorted(replayer.delivered.items())) or "none"
     print(
         f"{head}; replayed {sum(replayer.delivered.values())} ({per_topic}), failed {failed}",
@@ -351,10 +488,12 @@ def main(args: argparse.Namespace) -> int:
         # The report uses "→" and "…"; a non-UTF-8 terminal must not turn that into a crash.
         sys.stdout.reconfigure(errors="backslashreplace")
     consumer: Any = None
+    source: Any = None
     producer: Any = None
     try:
-        # Both raise KafkaException on a bad KAFKA_* property (the message names it).
+        # All raise KafkaException on a bad KAFKA_* property (the message names it).
         consumer = scan_consumer(settings)
+        source = scan_consumer(settings)
         if args.execute:
             producer = Producer(
                 {**producer_config(settings), "client.id": "asapp-metadata-consumer-dlq-replay"}
@@ -370,6 +509,8 @@ def main(args: argparse.Namespace) -> int:
             limit=int(args.limit or 0),
             records=scan(consumer, settings.dlq_topic),
             producer=producer,
+            fetcher=SourceFetcher(source),
         )
     finally:
         consumer.close()
+        source.close()

@@ -244,3 +244,131 @@ def test_missing_bootstrap_servers_exits_2_naming_it() -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("metadata-consumer: configuration error: ")
     assert "KAFKA_BOOTSTRAP_SERVERS" in done.stderr
+
+
+# --------------------------------------------------------------------------- omitted values
+SOURCE_VALUES = [b"SRC-0" * 10, b"SRC-1" * 300, b"SRC-2" * 20]
+
+
+@pytest.fixture
+def omitted() -> Iterator[tuple[str, list[int]]]:
+    """A fresh broker: three source records on the agent topic, and three DLQ records written
+    without their value pointing at them: one that matches (@1), one whose recorded size does
+    not (@2), one past the end of the partition (@50). Yields the bootstrap and DLQ offsets."""
+    with LocalBroker() as b:
+        bootstrap = b.bootstrap_servers
+        create_topics(bootstrap, [DLQ, *SOURCES], partitions=1)
+        producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+        for i, value in enumerate(SOURCE_VALUES):
+            producer.produce(AGENT, key=f"agent-{i}".encode(), value=value, partition=0)
+        assert producer.flush(15) == 0
+        dlq_offsets: list[int] = []
+
+        def delivered(err: KafkaError | None, msg: object) -> None:
+            assert err is None, err
+            dlq_offsets.append(msg.offset())  # type: ignore[attr-defined]
+
+        for source_offset, size in ((1, len(SOURCE_VALUES[1])), (2, 7), (50, 10)):
+            producer.produce(
+                DLQ,
+                key=f"agent-{source_offset}".encode(),
+                value=None,
+                partition=0,
+                headers=[
+                    ("trace", b"t-1"),
+                    ("dlq.source.topic", AGENT.encode()),
+                    ("dlq.source.partition", b"0"),
+                    ("dlq.source.offset", str(source_offset).encode()),
+                    ("dlq.reason", b"validation"),
+                    ("dlq.error", b"too long"),
+                    ("dlq.entity", b"agent"),
+                    ("dlq.value.omitted", str(size).encode()),
+                ],
+                on_delivery=delivered,
+            )
+        assert producer.flush(15) == 0
+        del producer
+        yield bootstrap, sorted(dlq_offsets)
+
+
+def test_omitted_value_is_fetched_from_the_source_while_retained(
+    omitted: tuple[str, list[int]],
+) -> None:
+    bootstrap, (matches, resized, missing) = omitted
+    done = cli("--execute", bootstrap=bootstrap)
+    assert done.returncode == 1, done.stdout + done.stderr  # two records could not be replayed
+    lines = done.stdout.splitlines()
+    assert any(
+        ln.startswith(f"replaying {DLQ}[0]@{matches} → {AGENT}")
+        and "value fetched from the source topic" in ln
+        for ln in lines
+    ), lines
+    assert any(
+        ln.startswith(f"cannot replay {DLQ}[0]@{resized}: its value (7 bytes) was omitted")
+        and f"{AGENT}[0]@2 is no longer the dead-lettered record" in ln
+        for ln in lines
+    ), lines
+    # past the end: the local broker neither serves it nor reports the partition's end
+    assert any(
+        ln.startswith(f"cannot replay {DLQ}[0]@{missing}:") and f"{AGENT}[0]@50 " in ln
+        for ln in lines
+    ), lines
+    assert lines[-1] == (
+        f"{DLQ}: scanned 3, selected 3, skipped 0; values: fetched from source 1, no longer "
+        f"retained 1, unreadable 1; replayed 1 ({AGENT}=1), failed 2"
+    )
+    _assert_no_payloads(done.stdout + done.stderr)
+    agent = read_all(bootstrap, [AGENT])[AGENT]
+    assert len(agent) == 4
+    replayed = agent[-1]
+    assert replayed.value() == SOURCE_VALUES[1]  # type: ignore[attr-defined]
+    assert replayed.key() == b"agent-1"  # type: ignore[attr-defined]
+    assert replayed.headers() == [  # type: ignore[attr-defined]
+        ("trace", b"t-1"),
+        ("dlq.replayed.from", f"{DLQ}[0]@{matches}".encode()),
+    ]
+
+
+def test_dry_run_says_which_omitted_values_are_still_retained(
+    omitted: tuple[str, list[int]],
+) -> None:
+    bootstrap, (matches, resized, missing) = omitted
+    done = cli(bootstrap=bootstrap)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [ln.split(" ")[0:3] for ln in lines[:-1]] == [
+        ["would", "replay", f"{DLQ}[0]@{matches}"],
+        ["cannot", "replay", f"{DLQ}[0]@{resized}:"],
+        ["cannot", "replay", f"{DLQ}[0]@{missing}:"],
+    ]
+    assert "values: fetched from source 1, no longer retained 1, unreadable 1; dry" in lines[-1]
+    assert read_all(bootstrap, [AGENT])[AGENT].__len__() == 3  # nothing produced
+
+
+class _Watermarks:
+    """A consumer stand-in whose partition starts at ``low`` (older records deleted)."""
+
+    def __init__(self, low: int) -> None:
+        self.low = low
+        self.assigned: list[object] = []
+
+    def get_watermark_offsets(self, tp: object, timeout: float) -> tuple[int, int]:
+        return self.low, self.low + 10
+
+    def assign(self, parts: list[object]) -> None:
+        self.assigned.append(parts)
+
+
+def test_offset_below_the_low_watermark_is_no_longer_retained() -> None:
+    from consumer.replay import DeadLetterRecord, SourceFetcher
+
+    record = DeadLetterRecord(
+        DLQ, 0, 3, None, b"k", None,
+        (("dlq.source.topic", AGENT.encode()), ("dlq.source.partition", b"0"),
+         ("dlq.source.offset", b"4"), ("dlq.value.omitted", b"100")),
+    )  # fmt: skip
+    fake = _Watermarks(low=9)
+    got = SourceFetcher(fake).fetch(record)
+    assert got.value is None and got.gone
+    assert got.problem == f"{AGENT}[0]@4 is no longer retained (low watermark 9)"
+    assert fake.assigned == []  # no fetch attempted
