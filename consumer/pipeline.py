@@ -51,6 +51,7 @@ from consumer.ingest import Ingest, Unavailable
 from consumer.metrics import Metrics
 from consumer.offsets import OffsetTracker
 from consumer.outbox import DeadLetterOutbox
+from consumer.pauses import Pauses
 from consumer.ports import DeadLetters, Decoder, Mapper, SenderLike, Source, Validator
 from consumer.records import Completion, DeadLetter, Entity, Item, Message, TopicPartition
 
@@ -130,10 +131,13 @@ class Pipeline:
             lag_interval_s=config.lag_interval_s,
             clock=clock,
         )
-        self._paused: set[TopicPartition] = set()
-        self._fresh: set[TopicPartition] = set()  # assigned, pause state not yet enforced
+        self.pauses = Pauses(
+            source=source,
+            metrics=metrics,
+            max_messages=config.max_buffered_messages,
+            max_bytes=config.max_buffered_bytes,
+        )
         self._handing_over: set[TopicPartition] = set()  # abandoned items are not resent
-        self._throttled_all = False
         self._stop = threading.Event()
         self._stop_requested_at: float | None = None
         self._closing = False
@@ -264,9 +268,7 @@ class Pipeline:
     # ------------------------------------------------------------------ rebalance
     def on_assign(self, tps: list[TopicPartition]) -> None:
         self.assigned.update(tps)
-        # Newly assigned partitions start unpaused as far as we know; make librdkafka agree at
-        # the next turn (pause/resume only apply once the assignment is in effect).
-        self._fresh.update(tps)
+        self.pauses.assigned(tps)
         self.metrics.assigned_partitions.set(len(self.assigned))
         log.info(
             "partitions assigned", extra={"event": "assign", "partitions": [str(t) for t in tps]}
@@ -296,16 +298,11 @@ class Pipeline:
         self._release(lost)
 
     def _release(self, tps: set[TopicPartition]) -> None:
-        # librdkafka keeps a partition's pause flag across a rebalance: a paused partition
-        # re-assigned to us would never be fetched again. Resume while it is still ours.
-        paused = self._paused & tps
-        if paused:
-            self.source.resume(paused)
+        self.pauses.release(tps)
         self.dispatch.forget(tps)
         self.holds.forget(tps)
         self.outbox.forget(tps)
         self.tracker.forget(tps)
-        self._paused -= tps
         self.assigned -= tps
         self.metrics.assigned_partitions.set(len(self.assigned))
         for tp in tps:
@@ -463,29 +460,15 @@ class Pipeline:
             self.outbox.poll()
             self.last_iteration = self.clock()
 
-    # ------------------------------------------------------------------ pauses, commits
+    # ------------------------------------------------------------------ pauses
     def _update_pauses(self) -> None:
-        pending = self.tracker.pending_count()
-        pending_bytes = self.tracker.pending_bytes()
-        max_n, max_b = self.config.max_buffered_messages, self.config.max_buffered_bytes
-        if pending >= max_n or pending_bytes >= max_b:
-            self._throttled_all = True
-        elif pending < max_n * 0.8 and pending_bytes < max_b * 0.8:
-            self._throttled_all = False
-        if self._throttled_all:
-            want = set(self.assigned)
-        else:
-            want = self.holds.partitions() | self.outbox.blocked() | self.dispatch.retrying()
-            want &= self.assigned
-        to_pause = want - self._paused
-        to_resume = (self._paused | (self._fresh & self.assigned)) - want
-        self._fresh.clear()
-        if to_pause:
-            self.source.pause(to_pause)
-        if to_resume:
-            self.source.resume(to_resume)
-        self._paused = want
-        self.metrics.paused_partitions.set(len(want))
+        pending, pending_bytes = self.tracker.pending_count(), self.tracker.pending_bytes()
+        self.pauses.update(
+            self.assigned,
+            self.holds.partitions() | self.outbox.blocked() | self.dispatch.retrying(),
+            pending=pending,
+            pending_bytes=pending_bytes,
+        )
         self.metrics.buffered_messages.set(pending)
         self.metrics.buffered_bytes.set(pending_bytes)
         self.metrics.items_deferred.set(self.dispatch.deferred_count())
