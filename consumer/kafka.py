@@ -485,7 +485,9 @@ class KafkaSource:
 
     def pause(self, tps: Iterable[TopicPartition]) -> None:
         """Stop fetching ``tps``: :meth:`consume` returns none of their messages until
-        :meth:`resume` (messages already fetched stay buffered, not lost). Raises BrokerError."""
+        :meth:`resume`, after which they continue right after the last message returned (none
+        is skipped; librdkafka drops its prefetched ones and fetches them again). Raises
+        BrokerError."""
         parts = [_ktp(tp) for tp in tps]
         if parts:
             try:
