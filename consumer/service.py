@@ -6,8 +6,9 @@ The CLI (:mod:`consumer.cli`) parses arguments and dispatches here; the sandbox
 Nothing here imports the sandbox.
 
 Readiness (``/readyz``) is blocked, with the reason shown, by every component that knows it
-cannot make progress until an operator acts: the API rejecting our credentials, and the
-dead-letter producer's :meth:`~consumer.kafka.DeadLetterProducer.problem` (a fatal producer
+cannot make progress until an operator acts: the sender's
+:meth:`~consumer.sender.Credentials.problem` (credentials rejected, an endpoint forbidden), and
+the dead-letter producer's :meth:`~consumer.kafka.DeadLetterProducer.problem` (a fatal producer
 error, a missing ACL).
 """
 
@@ -31,7 +32,7 @@ from consumer.decoder import (
     registry_client,
 )
 from consumer.errors import ConfigError, ConsumerError
-from consumer.health import Blocker, HealthServer, Probe
+from consumer.health import HealthServer, Probe
 from consumer.kafka import DeadLetterProducer, KafkaSource, consumer_config, redacted
 from consumer.mapping import to_item
 from consumer.metrics import Metrics
@@ -71,12 +72,6 @@ class Service:
             self.dead_letters.close()
             self.sink.close()
             self.health.stop()
-
-
-def credentials_blocker(credentials: Credentials) -> Blocker:
-    """The sender's credentials as a readiness blocker."""
-    # Becomes ``credentials.problem`` once Credentials says its own reason.
-    return lambda: "ASAPP API rejects the credentials" if credentials.rejected else None
 
 
 def _decoders(settings: Settings) -> dict[Entity, Decoder]:
@@ -141,7 +136,7 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
     probe = Probe(
         last_iteration=lambda: pipeline.last_iteration,
         assigned=lambda: len(pipeline.assigned),
-        blockers=[credentials_blocker(credentials), dead_letters.problem],
+        blockers=[credentials.problem, dead_letters.problem],
         stopping=lambda: pipeline.stopping,
         stall_timeout_s=settings.health_stall_timeout_s,
     )
