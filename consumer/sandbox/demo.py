@@ -47,28 +47,38 @@ def committed_offsets(bootstrap: str, topics: list[str], group: str) -> dict[str
         probe.close()
 
 
-def count_dead_letters(bootstrap: str) -> dict[str, int]:
-    """Dead-letter records per ``dlq.reason`` header, read from the DLQ topic."""
+def count_dead_letters(bootstrap: str, idle_s: float = 1.0) -> dict[str, int]:
+    """Dead-letter records per ``dlq.reason`` header, read from the DLQ topic.
+
+    The local broker's high watermark is the base offset of the last batch + 1, so "the end"
+    is: every partition reported EOF and then nothing arrived for ``idle_s`` (bounded at 20 s).
+    """
     reader = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "demo-dlq-reader", "enable.auto.commit": False}
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "demo-dlq-reader",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
     )
     counts: dict[str, int] = {}
     try:
-        parts = [KTopicPartition(DLQ_TOPIC, p, 0) for p in range(PARTITIONS)]
-        todo = {p.partition: reader.get_watermark_offsets(p, timeout=5)[1] for p in parts}
-        todo = {p: h for p, h in todo.items() if h > 0}
-        reader.assign(parts)
-        deadline = time.monotonic() + 20
-        while todo and time.monotonic() < deadline:
+        reader.assign([KTopicPartition(DLQ_TOPIC, p, 0) for p in range(PARTITIONS)])
+        reached: set[int] = set()
+        start = last = time.monotonic()
+        while time.monotonic() - start < 20:
+            if len(reached) == PARTITIONS and time.monotonic() - last >= idle_s:
+                break
             m = reader.poll(0.2)
-            if m is None or m.error():
+            if m is None:
+                continue
+            last = time.monotonic()
+            reached.add(int(m.partition() or 0))
+            if m.error():
                 continue
             raw = dict(m.headers() or []).get("dlq.reason") or b"?"
             reason = raw.decode() if isinstance(raw, bytes) else raw
             counts[reason] = counts.get(reason, 0) + 1
-            partition, offset = int(m.partition() or 0), int(m.offset() or 0)
-            if offset + 1 >= todo.get(partition, 0):
-                todo.pop(partition, None)
     finally:
         reader.close()
     return counts
