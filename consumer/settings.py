@@ -1,7 +1,11 @@
 """Configuration: read once from the environment (12-factor), validated, then frozen.
 
-``Settings.from_env()`` raises :class:`~consumer.errors.ConfigError` whose message names the
-variable and what is wrong with it, so ``run`` fails fast instead of crash-looping later.
+``Settings.from_env()`` raises :class:`ConfigErrors` (a :class:`~consumer.errors.ConfigError`)
+listing every problem at once, each naming its variable and what is wrong with it, so ``run``
+fails fast instead of crash-looping later and an empty environment takes one run, not three.
+
+:func:`config_warnings` lists what is valid but probably wrong (a variable that looks like one
+of ours, a rate above the API's spike arrest); the service logs them, ``check`` shows them.
 
 Every variable the service reads is listed in :data:`ENV_VARS` (plus any ``KAFKA_<PROPERTY>``,
 passed to librdkafka as ``<property>`` with ``_`` → ``.``); deployment checks compare their
@@ -10,9 +14,11 @@ ConfigMaps and compose files against it mechanically.
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import urlparse
 
 from consumer.errors import ConfigError
@@ -66,6 +72,74 @@ ENV_VARS: frozenset[str] = frozenset(
         "LOG_LEVEL",
     }
 )
+
+#: ASAPP's published spike arrest (requests per second per app); ``RATE_LIMIT_RPS`` above it
+#: only earns 429s.
+API_SPIKE_ARREST_RPS = 100.0
+
+#: How close (difflib ratio) an unknown variable must be to one of ours to be called a typo.
+LOOKALIKE_CUTOFF = 0.85
+
+_T = TypeVar("_T")
+
+
+class ConfigErrors(ConfigError):
+    """Every configuration problem found in one pass; ``problems`` holds one line each (each
+    names its variable), ``str()`` lists them all."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = tuple(problems)
+        if len(problems) == 1:
+            text = problems[0]
+        else:
+            text = f"{len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems)
+        super().__init__(text)
+
+
+def lookalikes(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``(unknown name, the variable it probably meant)`` for every variable of ``env`` that is
+    not ours but close to one of :data:`ENV_VARS` (``BATCH_MAX_ITEM``, ``topic_agent``).
+
+    ``KAFKA_*`` names are pass-through librdkafka properties, never reported here (the client
+    rejects an unknown property itself, naming it). Sorted by name.
+    """
+    known = sorted(ENV_VARS)
+    found: list[tuple[str, str]] = []
+    for name in sorted(env):
+        if name in ENV_VARS or name.upper().startswith("KAFKA_"):
+            continue
+        if name.upper() in ENV_VARS:
+            found.append((name, name.upper()))
+            continue
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=LOOKALIKE_CUTOFF)
+        if close:
+            found.append((name, close[0]))
+    return found
+
+
+def config_warnings(env: Mapping[str, str], settings: Settings) -> list[str]:
+    """What is valid but probably a mistake: look-alike variable names (with a did-you-mean)
+    and a ``RATE_LIMIT_RPS`` above :data:`API_SPIKE_ARREST_RPS`. One line each; never fatal."""
+    out = [
+        f"{name} is not a variable this service reads: did you mean {meant}?"
+        for name, meant in lookalikes(env)
+    ]
+    if settings.rate_limit_rps > API_SPIKE_ARREST_RPS:
+        out.append(
+            f"RATE_LIMIT_RPS={settings.rate_limit_rps:g} is above ASAPP's spike arrest of "
+            f"{API_SPIKE_ARREST_RPS:g} requests/s: the excess is answered 429"
+        )
+    return out
+
+
+def _collect(problems: list[str], read: Callable[[], _T], fallback: _T) -> _T:
+    """``read()``, or ``fallback`` after recording its ConfigError in ``problems``."""
+    try:
+        return read()
+    except ConfigError as exc:
+        problems.append(str(exc))
+        return fallback
+
 
 #: KAFKA_* names that are settings of ours rather than librdkafka properties.
 _OWN_KAFKA_VARS = {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_GROUP_ID"}
@@ -186,13 +260,15 @@ class Settings:
     def from_env(
         cls, env: Mapping[str, str] | None = None, *, require_credentials: bool = True
     ) -> Settings:
-        """Read and validate the environment. Raises ConfigError naming the bad variable.
+        """Read and validate the environment. Raises :class:`ConfigErrors` listing every bad
+        variable (each line names it), never only the first.
 
         ``require_credentials=False`` is for tools that never call the API (``dlq replay``).
         """
         env = os.environ if env is None else env
         if not require_credentials:
             env = {"ASAPP_API_ID": "-", "ASAPP_API_SECRET": "-", **env}
+        problems: list[str] = []
         topics: dict[Entity, tuple[str, ...]] = {}
         for entity, default in DEFAULT_TOPICS.items():
             name = f"TOPIC_{entity.name}"
@@ -202,7 +278,7 @@ class Settings:
             if names:
                 topics[entity] = names
         if not topics:
-            raise ConfigError(
+            problems.append(
                 "TOPIC_AGENT, TOPIC_CONVERSATION and TOPIC_CUSTOMER are all empty: enable at "
                 "least one entity"
             )
@@ -210,64 +286,92 @@ class Settings:
         for entity, names in topics.items():
             for t in names:
                 if t in seen:
-                    raise ConfigError(
+                    problems.append(
                         f"topic {t!r} is configured for both TOPIC_{seen[t].name} and "
                         f"TOPIC_{entity.name}"
                     )
-                seen[t] = entity
+                seen.setdefault(t, entity)
 
         kafka_properties: dict[str, str] = {}
         for key, value in env.items():
             if key.startswith("KAFKA_") and key not in _OWN_KAFKA_VARS:
                 prop = key[len("KAFKA_") :].lower().replace("_", ".")
                 if prop in _RESERVED_PROPERTIES:
-                    raise ConfigError(
+                    problems.append(
                         f"{key} sets {prop!r}, which the service manages itself; remove it"
                     )
+                    continue
                 kafka_properties[prop] = value
 
         dlq_topic = env.get("DLQ_TOPIC", "").strip() or "asapp.metadata.dlq"
         if dlq_topic in seen:
-            raise ConfigError(f"DLQ_TOPIC={dlq_topic!r} is also a source topic")
+            problems.append(f"DLQ_TOPIC={dlq_topic!r} is also a source topic")
 
-        shutdown_timeout_s = _float(env, "SHUTDOWN_TIMEOUT_S", 25.0, lo=1.0)
-        return cls(
-            bootstrap_servers=_required(
-                env, "KAFKA_BOOTSTRAP_SERVERS", "set it to host:port[,host:port] of your brokers"
+        def read(fn: Callable[[], _T], fallback: _T) -> _T:
+            return _collect(problems, fn, fallback)
+
+        api_default = "https://api.sandbox.asapp.com"
+        settings = cls(
+            bootstrap_servers=read(
+                lambda: _required(
+                    env,
+                    "KAFKA_BOOTSTRAP_SERVERS",
+                    "set it to host:port[,host:port] of your brokers",
+                ),
+                "",
             ),
             group_id=env.get("KAFKA_GROUP_ID", "").strip() or "asapp-metadata-consumer",
             topics=topics,
             kafka_properties=kafka_properties,
-            schema_registry_url=_url(env, "SCHEMA_REGISTRY_URL", None),
+            schema_registry_url=read(lambda: _url(env, "SCHEMA_REGISTRY_URL", None), None),
             schema_registry_auth=env.get("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO") or None,
-            api_base_url=_url(env, "ASAPP_API_BASE_URL", "https://api.sandbox.asapp.com")
-            or "https://api.sandbox.asapp.com",
-            api_id=_required(env, "ASAPP_API_ID", "the asapp-api-id issued for your app"),
-            api_secret=_required(
-                env, "ASAPP_API_SECRET", "the asapp-api-secret issued for your app"
+            api_base_url=read(lambda: _url(env, "ASAPP_API_BASE_URL", api_default), None)
+            or api_default,
+            api_id=read(
+                lambda: _required(env, "ASAPP_API_ID", "the asapp-api-id issued for your app"), ""
             ),
-            batch_max_items=_int(env, "BATCH_MAX_ITEMS", API_MAX_ITEMS, lo=1, hi=API_MAX_ITEMS),
-            batch_max_bytes=_int(env, "BATCH_MAX_BYTES", 1_000_000, lo=1024),
-            batch_linger_ms=_int(env, "BATCH_LINGER_MS", 1000, lo=0),
-            max_in_flight=_int(env, "MAX_IN_FLIGHT", 16, lo=1, hi=256),
-            max_buffered_messages=_int(env, "MAX_BUFFERED_MESSAGES", 50_000, lo=1000),
-            max_buffered_bytes=_int(
-                env, "MAX_BUFFERED_BYTES", DEFAULT_MAX_BUFFERED_BYTES, lo=1024 * 1024
+            api_secret=read(
+                lambda: _required(
+                    env, "ASAPP_API_SECRET", "the asapp-api-secret issued for your app"
+                ),
+                "",
             ),
-            batch_coalesce=_bool(env, "BATCH_COALESCE", False),
-            rate_limit_rps=_float(env, "RATE_LIMIT_RPS", 90.0, lo=0.01),
-            daily_request_quota=_int(env, "DAILY_REQUEST_QUOTA", 50_000, lo=0),
-            http_timeout_s=_float(env, "HTTP_TIMEOUT_S", 30.0, lo=0.1),
-            retry_max_backoff_s=_float(env, "RETRY_MAX_BACKOFF_S", 60.0, lo=0.1),
-            malformed_response_max_attempts=_int(env, "MALFORMED_RESPONSE_MAX_ATTEMPTS", 5, lo=1),
+            batch_max_items=read(
+                lambda: _int(env, "BATCH_MAX_ITEMS", API_MAX_ITEMS, lo=1, hi=API_MAX_ITEMS),
+                API_MAX_ITEMS,
+            ),
+            batch_max_bytes=read(lambda: _int(env, "BATCH_MAX_BYTES", 1_000_000, lo=1024), 0),
+            batch_linger_ms=read(lambda: _int(env, "BATCH_LINGER_MS", 1000, lo=0), 0),
+            max_in_flight=read(lambda: _int(env, "MAX_IN_FLIGHT", 16, lo=1, hi=256), 1),
+            max_buffered_messages=read(
+                lambda: _int(env, "MAX_BUFFERED_MESSAGES", 50_000, lo=1000), 0
+            ),
+            max_buffered_bytes=read(
+                lambda: _int(env, "MAX_BUFFERED_BYTES", DEFAULT_MAX_BUFFERED_BYTES, lo=1024 * 1024),
+                0,
+            ),
+            batch_coalesce=read(lambda: _bool(env, "BATCH_COALESCE", False), False),
+            rate_limit_rps=read(lambda: _float(env, "RATE_LIMIT_RPS", 90.0, lo=0.01), 0.0),
+            daily_request_quota=read(lambda: _int(env, "DAILY_REQUEST_QUOTA", 50_000, lo=0), 0),
+            http_timeout_s=read(lambda: _float(env, "HTTP_TIMEOUT_S", 30.0, lo=0.1), 0.0),
+            retry_max_backoff_s=read(lambda: _float(env, "RETRY_MAX_BACKOFF_S", 60.0, lo=0.1), 0.0),
+            malformed_response_max_attempts=read(
+                lambda: _int(env, "MALFORMED_RESPONSE_MAX_ATTEMPTS", 5, lo=1), 0
+            ),
             dlq_topic=dlq_topic,
-            metrics_port=_int(env, "METRICS_PORT", 9400, lo=0, hi=65535),
-            shutdown_timeout_s=shutdown_timeout_s,
-            revoke_timeout_s=_float(env, "REVOKE_TIMEOUT_S", 10.0, lo=0.1),
-            commit_timeout_s=_float(env, "COMMIT_TIMEOUT_S", 5.0, lo=0.1),
-            health_stall_timeout_s=_float(env, "HEALTH_STALL_TIMEOUT_S", 60.0, lo=1.0),
-            log_format=_choice(env, "LOG_FORMAT", "json", ("json", "text")),
-            log_level=_choice(
-                env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")
+            metrics_port=read(lambda: _int(env, "METRICS_PORT", 9400, lo=0, hi=65535), 0),
+            shutdown_timeout_s=read(lambda: _float(env, "SHUTDOWN_TIMEOUT_S", 25.0, lo=1.0), 0.0),
+            revoke_timeout_s=read(lambda: _float(env, "REVOKE_TIMEOUT_S", 10.0, lo=0.1), 0.0),
+            commit_timeout_s=read(lambda: _float(env, "COMMIT_TIMEOUT_S", 5.0, lo=0.1), 0.0),
+            health_stall_timeout_s=read(
+                lambda: _float(env, "HEALTH_STALL_TIMEOUT_S", 60.0, lo=1.0), 0.0
+            ),
+            log_format=read(lambda: _choice(env, "LOG_FORMAT", "json", ("json", "text")), "json"),
+            log_level=read(
+                lambda: _choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+                "info",
             ).upper(),
         )
+        if problems:
+            raise ConfigErrors(problems)
+        return settings

@@ -9,7 +9,15 @@ import pytest
 
 from consumer.errors import ConfigError
 from consumer.records import Entity
-from consumer.settings import API_MAX_ITEMS, DEFAULT_TOPICS, ENV_VARS, Settings
+from consumer.settings import (
+    API_MAX_ITEMS,
+    DEFAULT_TOPICS,
+    ENV_VARS,
+    ConfigErrors,
+    Settings,
+    config_warnings,
+    lookalikes,
+)
 
 SECRET = "top-secret-value-123"
 BASE = {
@@ -268,3 +276,77 @@ def test_batch_coalesce_rejects_a_non_boolean_naming_the_variable() -> None:
 def test_max_buffered_bytes_below_one_mebibyte_is_refused() -> None:
     with pytest.raises(ConfigError, match="MAX_BUFFERED_BYTES"):
         Settings.from_env(env(MAX_BUFFERED_BYTES="1000"))
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigErrors) as info:
+        Settings.from_env({"BATCH_MAX_ITEMS": "ten", "LOG_LEVEL": "verbose"})
+    names = ["KAFKA_BOOTSTRAP_SERVERS", "ASAPP_API_ID", "ASAPP_API_SECRET"]
+    names += ["BATCH_MAX_ITEMS", "LOG_LEVEL"]
+    assert len(info.value.problems) == len(names)
+    for name, problem in zip(names, info.value.problems, strict=True):
+        assert name in problem
+        assert name in str(info.value)
+    assert str(info.value).startswith("5 problems:")
+
+
+def test_a_single_problem_reads_as_one_line() -> None:
+    with pytest.raises(ConfigErrors) as info:
+        Settings.from_env(without("ASAPP_API_ID"))
+    assert str(info.value) == "ASAPP_API_ID is required: the asapp-api-id issued for your app"
+
+
+def test_topic_and_reserved_property_problems_are_collected_with_the_rest() -> None:
+    with pytest.raises(ConfigErrors) as info:
+        Settings.from_env(
+            env(
+                TOPIC_AGENT="shared",
+                TOPIC_CUSTOMER="shared",
+                KAFKA_ENABLE_AUTO_COMMIT="true",
+                DLQ_TOPIC="shared",
+                METRICS_PORT="-1",
+            )
+        )
+    text = str(info.value)
+    for fragment in ("TOPIC_CUSTOMER", "KAFKA_ENABLE_AUTO_COMMIT", "DLQ_TOPIC", "METRICS_PORT"):
+        assert fragment in text
+    assert len(info.value.problems) == 4
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        pytest.param({"BATCH_MAX_ITEM": "5"}, [("BATCH_MAX_ITEM", "BATCH_MAX_ITEMS")], id="plural"),
+        pytest.param({"TOPIC_AGENTS": "foo"}, [("TOPIC_AGENTS", "TOPIC_AGENT")], id="topic-s"),
+        pytest.param({"batch_max_items": "5"}, [("batch_max_items", "BATCH_MAX_ITEMS")], id="case"),
+        pytest.param(
+            {"ASAPP_API_SECRT": "x"}, [("ASAPP_API_SECRT", "ASAPP_API_SECRET")], id="typo"
+        ),
+        pytest.param({"KAFKA_BOOTSTRAP_SERVER": "b"}, [], id="kafka-pass-through-ignored"),
+        pytest.param({"PATH": "/bin", "HOME": "/root", "HOSTNAME": "pod"}, [], id="unrelated"),
+        pytest.param({"METRICS_SERVICE_PORT": "tcp://x"}, [], id="service-link-not-close"),
+    ],
+)
+def test_lookalikes_suggest_the_variable_meant(
+    extra: dict[str, str], expected: list[tuple[str, str]]
+) -> None:
+    assert lookalikes(env(**extra)) == expected
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        pytest.param({}, [], id="clean"),
+        pytest.param({"RATE_LIMIT_RPS": "100"}, [], id="rps-at-limit"),
+        pytest.param({"RATE_LIMIT_RPS": "500"}, ["RATE_LIMIT_RPS=500", "100"], id="rps-over"),
+        pytest.param(
+            {"TOPIC_AGENTS": "foo"}, ["TOPIC_AGENTS", "did you mean TOPIC_AGENT?"], id="typo"
+        ),
+    ],
+)
+def test_config_warnings(extra: dict[str, str], fragments: list[str]) -> None:
+    e = env(**extra)
+    warnings = config_warnings(e, Settings.from_env(e))
+    assert len(warnings) == (1 if fragments else 0)
+    for fragment in fragments:
+        assert fragment in warnings[0]
