@@ -157,7 +157,8 @@ class Metrics:
         self.in_flight = gauge("in_flight_requests", "API requests currently in flight.")
         self.retries = counter(
             "retries_total",
-            "Request retries, by cause (429, 5xx, network, malformed, 413_split, auth).",
+            "Request retries, by cause (429, 5xx, network, malformed, 413_split, 409_split, auth, "
+            "forbidden, redirect).",
             ("entity", "cause"),
         )
         self.backoff_seconds = counter(

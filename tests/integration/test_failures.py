@@ -103,15 +103,33 @@ def test_400_dead_letters_every_item_with_its_error_and_never_resends(
     check_accounting(env, api, dead)
 
 
-def test_409_means_already_persisted_counts_as_delivered(
+def test_409_on_a_batch_is_split_never_delivered_wholesale(
+    env: Env, api: EmulatedApi, start_service
+) -> None:
+    # ASAPP documents 409 ("already persisted") for one entity only: a batch's 409 says nothing
+    # about which of its items, so the batch is split and resent, never marked delivered.
+    api.set_faults(Faults(sequence=steps(409)))
+    sent = agents(env, 30)
+    start_service()
+    wait_until(env.all_committed, 60, "all committed")
+    first, *rest = api.requests()
+    assert first.status == 409
+    assert all(r.status == 200 for r in rest), "only the first answer was a 409"
+    assert len(rest) >= 2, "the 409 batch was not split"
+    assert sum(r.item_count for r in rest) == len(sent), "the 409 batch was not resent"
+    assert env.dead_letters(idle_s=0.5) == []
+
+
+def test_409_for_a_single_item_means_already_persisted_and_counts_as_delivered(
     env: Env, api: EmulatedApi, start_service
 ) -> None:
     api.set_faults(Faults(sequence=steps(409)))
-    sent = agents(env, 30)
-    env.acknowledged.update(s.event_id for s in sent)  # what a 409 tells us
-    start_service()
+    sent = agents(env, 3)
+    start_service(BATCH_MAX_ITEMS="1")
     wait_until(env.all_committed, 60, "all committed")
-    assert [r.status for r in api.requests()] == [409], "a 409 batch was resent"
+    statuses = [r.status for r in api.requests()]
+    assert statuses.count(409) == 1 and len(statuses) == 3, "a single-item 409 was resent"
+    env.acknowledged.update(s.event_id for s in sent)  # what the 409 (and the 200s) tell us
     assert env.dead_letters(idle_s=0.5) == []
 
 
