@@ -3,9 +3,13 @@
 Commands:
 
 - ``run``: the production service, configured from the environment (see ``settings``);
-  built and run by :mod:`consumer.service`.
+  built and run by :mod:`consumer.service`, after a preflight here: every configuration
+  problem at once (exit 2), warnings for look-alike variables and a rate above the API's
+  spike arrest, a busy ``METRICS_PORT`` named (exit 2).
+- ``check``: configuration and connectivity report (:mod:`consumer.check`).
 - ``demo``: local broker + emulated API + sample events, runs the service until everything is
   delivered or dead-lettered, prints a summary (no Docker, no network).
+- ``dlq inspect``: counts and samples of the dead letters (:mod:`consumer.inspect_dlq`).
 - ``dlq replay``: re-publish dead-lettered records to their source topics (dry run by default).
 - ``emulate-api``: the emulated ASAPP Metadata Ingestion API (sandbox).
 - ``produce-samples``: produce realistic events to the entity topics (sandbox).
@@ -17,12 +21,45 @@ service that may import it (``tests/unit/test_imports.py``).
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
+import os
+import socket
 import sys
 from collections.abc import Sequence
 
+from consumer import __version__
+from consumer.errors import ConfigError
 from consumer.records import Entity
+from consumer.settings import Settings, config_warnings, env_defaults
 
 DLQ_REASONS = ("decode", "validation", "rejected", "http", "consume")
+README = "README.md (sections Configuration and Operating it)"
+
+log = logging.getLogger("consumer.cli")
+
+_RAW = argparse.RawDescriptionHelpFormatter
+
+
+def _epilog(examples: str, exits: str) -> str:
+    return f"examples:\n{examples}\n\nexit codes:\n{exits}"
+
+
+def _run_epilog() -> str:
+    width = max(len(name) for name, _ in env_defaults())
+    rows = "\n".join(f"  {name:<{width}}  {default}" for name, default in env_defaults())
+    return (
+        "environment variables (default):\n"
+        f"{rows}\n"
+        "  KAFKA_<PROPERTY>  any librdkafka property, e.g. KAFKA_SECURITY_PROTOCOL=SASL_SSL\n\n"
+        f"Every variable is described in {README}.\n\n"
+        + _epilog(
+            "  KAFKA_BOOTSTRAP_SERVERS=broker:9092 ASAPP_API_ID=app ASAPP_API_SECRET=... \\\n"
+            "    metadata-consumer run",
+            "  0  stopped cleanly (SIGTERM/SIGINT)\n"
+            "  2  configuration or start-up error (every problem listed, no traceback)",
+        )
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,10 +67,58 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="metadata-consumer",
         description="Deliver Avro metadata events from Kafka to ASAPP's Metadata Ingestion API.",
+        formatter_class=_RAW,
+        epilog=_epilog(
+            "  metadata-consumer check --no-api-call\n"
+            "  metadata-consumer run\n"
+            "  metadata-consumer dlq inspect --since 2h --samples 3",
+            "  0 success, 1 a failure the command reports, 2 configuration or usage error",
+        ),
     )
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the service (configured from the environment)")
-    demo = sub.add_parser("demo", help="run the service against a local broker and emulated API")
+    sub.add_parser(
+        "run",
+        help="run the service (configured from the environment)",
+        description="Run the service: consume the entity topics, deliver to the API, commit.",
+        formatter_class=_RAW,
+        epilog=_run_epilog(),
+    )
+    check = sub.add_parser(
+        "check",
+        help="check the configuration, the broker, topics, group lag, registry and API",
+        description=(
+            "Check the configuration (every error at once, look-alike variable names) and "
+            "connectivity: broker, each topic and the DLQ topic, the group's offsets and lag, "
+            "the schema registry (when configured), the API host (DNS, TLS) and the "
+            "credentials. The credential check sends ONE request to the API (an empty batch "
+            "that ingests nothing; it counts against the daily quota): --no-api-call skips it."
+        ),
+        formatter_class=_RAW,
+        epilog=_epilog(
+            "  metadata-consumer check\n"
+            "  metadata-consumer check --no-api-call --json   # an init container's form",
+            "  0  every check passed (warnings allowed)\n"
+            "  1  a check failed\n"
+            "  2  configuration errors (listed), nothing else checked",
+        ),
+    )
+    check.add_argument(
+        "--no-api-call", action="store_true", help="skip the credential check (sends no request)"
+    )
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument(
+        "--timeout-s", type=float, default=5.0, help="bound of each check (default 5)"
+    )
+    demo = sub.add_parser(
+        "demo",
+        help="run the service against a local broker and emulated API",
+        formatter_class=_RAW,
+        epilog=_epilog(
+            "  metadata-consumer demo --events 300",
+            "  0  everything delivered or dead-lettered as expected\n  1  it was not",
+        ),
+    )
     demo.add_argument("--events", type=int, default=3000, help="events per entity (default 3000)")
     demo.add_argument(
         "--wire-format", choices=("plain", "confluent"), default="plain", help="Avro framing"
@@ -41,18 +126,95 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--bad-every", type=int, default=500, help="one bad event per N (0: none)")
     demo.add_argument("--timeout-s", type=float, default=180.0)
     demo.add_argument("--hold-s", type=float, default=0.0, help="keep serving metrics after")
-    dlq = sub.add_parser("dlq", help="dead-letter tools")
+    dlq = sub.add_parser(
+        "dlq",
+        help="dead-letter tools",
+        formatter_class=_RAW,
+        epilog=_epilog(
+            "  metadata-consumer dlq inspect\n  metadata-consumer dlq replay --reason http",
+            "  see each sub-command's --help",
+        ),
+    )
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
-    replay = dlq_sub.add_parser("replay", help="re-publish dead letters to their source topics")
+    inspect = dlq_sub.add_parser(
+        "inspect",
+        help="count dead letters by reason, entity and error class; show samples",
+        description=(
+            "Read the DLQ topic (DLQ_TOPIC) from the beginning to its end, commit nothing, and "
+            "count the dead letters by reason, entity and error class; --samples shows records "
+            "with their headers and decoded payload (payloads are printed)."
+        ),
+        formatter_class=_RAW,
+        epilog=_epilog(
+            "  metadata-consumer dlq inspect\n"
+            "  metadata-consumer dlq inspect --since 2h --reason validation --samples 3\n"
+            "  metadata-consumer dlq inspect --since 2024-05-01T00:00:00Z --json",
+            "  0  done (also for an empty DLQ)\n"
+            "  1  the DLQ could not be read\n"
+            "  2  configuration or usage error",
+        ),
+    )
+    replay = dlq_sub.add_parser(
+        "replay",
+        help="re-publish dead letters to their source topics",
+        formatter_class=_RAW,
+        epilog=_epilog(
+            "  metadata-consumer dlq replay --reason http            # dry run\n"
+            "  metadata-consumer dlq replay --reason http --execute",
+            "  0  done\n  1  replay or broker failure\n  2  configuration or usage error",
+        ),
+    )
+    for p in (inspect, replay):
+        p.add_argument("--reason", choices=DLQ_REASONS)
+        p.add_argument("--entity", choices=[e.value for e in Entity])
+    inspect.add_argument("--since", help="dead-lettered at or after: ISO-8601 or 30m, 2h, 7d")
+    inspect.add_argument("--until", help="dead-lettered before: ISO-8601 or 30m, 2h, 7d")
+    inspect.add_argument("--samples", type=int, default=0, help="show N records (default 0)")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
     replay.add_argument("--execute", action="store_true", help="really publish (default: dry run)")
-    replay.add_argument("--reason", choices=DLQ_REASONS)
-    replay.add_argument("--entity", choices=[e.value for e in Entity])
     replay.add_argument("--since", help="ISO-8601 time: dead-lettered at or after")
     replay.add_argument("--until", help="ISO-8601 time: dead-lettered before")
     replay.add_argument("--limit", type=int, default=0, help="replay at most N (0: all)")
-    sub.add_parser("emulate-api", help="run the emulated ASAPP API", add_help=False)
-    sub.add_parser("produce-samples", help="produce sample events", add_help=False)
+    sub.add_parser(
+        "emulate-api", help="run the emulated ASAPP API (see emulate-api --help)", add_help=False
+    )
+    sub.add_parser(
+        "produce-samples", help="produce sample events (see produce-samples --help)", add_help=False
+    )
     return top
+
+
+def metrics_port_problem(port: int, host: str = "0.0.0.0") -> str | None:
+    """Why the metrics server could not listen on ``port`` (None when it can). Binds and
+    releases the port the way the server does (``SO_REUSEADDR``); port 0 always works."""
+    if port == 0:
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            why = "is already in use" if exc.errno == errno.EADDRINUSE else f"failed: {exc}"
+            return f"METRICS_PORT={port} {why}: free it or set METRICS_PORT to another port"
+    return None
+
+
+def _run() -> int:
+    """``run``: the preflight (warnings, metrics port), then the service."""
+    from consumer import logs, service
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError:
+        return service.run_from_environment()  # prints every problem, returns 2
+    logs.setup(settings.log_format, settings.log_level, secrets=service.secrets(settings))
+    for warning in config_warnings(os.environ, settings):
+        log.warning("%s", warning, extra={"event": "config_warning"})
+    problem = metrics_port_problem(settings.metrics_port)
+    if problem is not None:
+        log.error("cannot start: %s", problem, extra={"event": "startup_failed"})
+        return 2
+    return service.run_from_environment()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,9 +230,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(produce.main(argv[1:]))
     args = parser().parse_args(argv)
     if args.command == "run":
-        from consumer import service
+        return _run()
+    if args.command == "check":
+        from consumer import check
 
-        return service.run_from_environment()
+        return check.main(args)
     if args.command == "demo":
         from consumer.sandbox import demo
 
@@ -81,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout_s=args.timeout_s,
             hold_s=args.hold_s,
         )
+    if args.dlq_command == "inspect":
+        from consumer import inspect_dlq
+
+        return inspect_dlq.main(args)
     from consumer import replay
 
     return replay.main(args)

@@ -29,6 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer
@@ -825,3 +826,124 @@ class DeadLetterProducer:
         self._rewrites.clear()
         self._producer.purge(in_queue=True, in_flight=True, blocking=False)
         self._producer.flush(0)
+
+
+# --------------------------------------------------------------------------- operator checks
+# Read-only cluster questions for ``metadata-consumer check``: does the cluster answer, which
+# topics exist with how many partitions, where is the group and how far behind. Nothing here
+# joins the group or commits: ``committed()`` on a consumer that never subscribed only reads.
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    """One topic as the cluster's metadata describes it: ``partitions`` is 0 when ``error``
+    says why the topic is unusable (e.g. ``UNKNOWN_TOPIC_OR_PART`` for a missing topic)."""
+
+    name: str
+    partitions: int
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    """The group's committed offset (None: nothing committed yet) and the partition's end
+    offset (None: not readable within the bound) for one partition."""
+
+    topic: str
+    partition: int
+    committed: int | None
+    end: int | None
+
+    @property
+    def lag(self) -> int | None:
+        """Messages past the committed offset (all of them when nothing is committed)."""
+        if self.end is None:
+            return None
+        return max(0, self.end - (self.committed or 0))
+
+
+class ClusterProbe:
+    """A consumer client in ``settings.group_id`` that never subscribes: it reads metadata,
+    committed offsets and watermarks only, each call bounded by ``timeout_s``.
+
+    Raises ConfigError (naming the ``KAFKA_*`` variable) when librdkafka refuses the
+    configuration; the methods raise BrokerError when the cluster does not answer in time.
+    Client errors (a refused connection...) are kept, not logged: :attr:`last_error`.
+    """
+
+    def __init__(self, settings: Settings, *, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        self.last_error: str | None = None
+        config: dict[str, Any] = {
+            **common_config(settings),
+            "group.id": settings.group_id,
+            "client.id": "asapp-metadata-consumer-check",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "socket.connection.setup.timeout.ms": max(1000, int(timeout_s * 1000)),
+            "error_cb": self._on_error,
+            "logger": _SILENT,
+        }
+        try:
+            self._consumer = Consumer(config)
+        except KafkaException as exc:
+            raise _config_error(exc) from exc
+
+    def _on_error(self, err: KafkaError) -> None:
+        self.last_error = _text(err)
+
+    def _failed(self, exc: BaseException, what: str) -> BrokerError:
+        error = translate(exc, what)
+        detail = f" (last client error: {self.last_error})" if self.last_error else ""
+        return BrokerError(f"{error}{detail}")
+
+    def describe_topics(self, topics: Iterable[str]) -> tuple[int, dict[str, TopicInfo]]:
+        """``(number of brokers, {topic: TopicInfo})`` for ``topics``. Raises BrokerError when
+        no broker answers within the bound."""
+        try:
+            meta = self._consumer.list_topics(timeout=self._timeout_s)
+        except KafkaException as exc:
+            raise self._failed(exc, "reading the cluster metadata") from exc
+        out: dict[str, TopicInfo] = {}
+        for name in topics:
+            t = meta.topics.get(name)
+            if t is None:
+                out[name] = TopicInfo(name, 0, "UNKNOWN_TOPIC_OR_PART: the topic does not exist")
+            elif t.error is not None:
+                out[name] = TopicInfo(name, 0, _text(t.error))
+            else:
+                out[name] = TopicInfo(name, len(t.partitions))
+        return len(meta.brokers), out
+
+    def group_offsets(self, topics: Mapping[str, int]) -> list[PartitionLag]:
+        """Committed offset and end offset of every partition of ``topics`` (name →
+        partition count), in topic and partition order. Raises BrokerError when the group
+        coordinator does not answer in time; an end offset that cannot be read is None."""
+        parts = [KTopicPartition(t, p) for t, n in sorted(topics.items()) for p in range(n)]
+        if not parts:
+            return []
+        try:
+            committed = self._consumer.committed(parts, timeout=self._timeout_s)
+        except KafkaException as exc:
+            raise self._failed(exc, "reading the group's committed offsets") from exc
+        out: list[PartitionLag] = []
+        for c in committed:
+            try:
+                _low, high = self._consumer.get_watermark_offsets(
+                    KTopicPartition(c.topic, c.partition), timeout=self._timeout_s
+                )
+                end: int | None = int(high)
+            except KafkaException:
+                end = None  # reported as unknown lag, not as a failed group
+            offset = int(c.offset) if c.offset >= 0 else None
+            out.append(PartitionLag(c.topic, c.partition, offset, end))
+        return out
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+#: librdkafka's log lines during a check: the error callback keeps the one that matters.
+_SILENT = logging.getLogger("consumer.kafka.check")
+_SILENT.addHandler(logging.NullHandler())
+_SILENT.propagate = False

@@ -14,6 +14,7 @@ ConfigMaps and compose files against it mechanically.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from collections.abc import Callable, Mapping
@@ -129,6 +130,39 @@ def config_warnings(env: Mapping[str, str], settings: Settings) -> list[str]:
             f"RATE_LIMIT_RPS={settings.rate_limit_rps:g} is above ASAPP's spike arrest of "
             f"{API_SPIKE_ARREST_RPS:g} requests/s: the excess is answered 429"
         )
+    return out
+
+
+#: Variables whose Settings field is not simply the lower-cased name.
+_FIELDS = {
+    "KAFKA_BOOTSTRAP_SERVERS": "bootstrap_servers",
+    "KAFKA_GROUP_ID": "group_id",
+    "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": "schema_registry_auth",
+    "ASAPP_API_BASE_URL": "api_base_url",
+    "ASAPP_API_ID": "api_id",
+    "ASAPP_API_SECRET": "api_secret",
+}
+
+
+def env_defaults() -> list[tuple[str, str]]:
+    """``(variable, default as text)`` for every variable of :data:`ENV_VARS`, sorted;
+    ``(required)`` for the three without a default and ``(unset)`` for optional ones."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    out: list[tuple[str, str]] = []
+    for name in sorted(ENV_VARS):
+        if name.startswith("TOPIC_"):
+            value: object = DEFAULT_TOPICS[Entity[name[len("TOPIC_") :]]]
+        else:
+            value = defaults.get(_FIELDS.get(name, name.lower()), dataclasses.MISSING)
+        if value is dataclasses.MISSING:
+            text = "(required)"
+        elif value is None:
+            text = "(unset)"
+        elif isinstance(value, bool):
+            text = str(value).lower()
+        else:
+            text = str(value).lower() if name == "LOG_LEVEL" else str(value)
+        out.append((name, text))
     return out
 
 

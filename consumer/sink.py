@@ -290,6 +290,35 @@ class ApiSink:
             )
         return outcome
 
+    def probe(self, entity: Entity = Entity.AGENT) -> tuple[str, int | None, str]:
+        """One request that can ingest nothing, to learn whether the credentials are accepted:
+        POST ``{"items": []}`` to ``entity``'s many-* endpoint (the API takes 1 to 1000
+        items, so an empty list is refused after authentication). It counts against the
+        daily quota like any request. Never raises.
+
+        Returns ``(verdict, status or None, detail)``; ``verdict`` is ``"accepted"`` (400 or
+        2xx: the body was judged, so the credentials passed), ``"rejected"`` (401/403),
+        ``"redirected"`` (3xx: a wrong ``ASAPP_API_BASE_URL``), ``"unreachable"`` (timeout,
+        DNS, TCP or TLS failure; ``detail`` says which) or ``"unexpected"`` (404: a wrong
+        path, 429, 5xx...). ``detail`` never holds the secret.
+        """
+        try:
+            response = self._client.post(entity.endpoint, content=b'{"items": []}')
+        except httpx.HTTPError as exc:
+            detail = f"{type(exc).__name__}: {exc}"[:300]
+            return "unreachable", None, detail.replace(self._secret, "***")
+        status = response.status_code
+        text = f"HTTP {status}: {_error_message(response.content) or excerpt(response.content)}"
+        text = text[:300].replace(self._secret, "***") if self._secret else text[:300]
+        if status in (401, 403):
+            return "rejected", status, text
+        if 300 <= status < 400:
+            where = response.headers.get("location", "?")
+            return "redirected", status, f"HTTP {status} to {where}"
+        if status == 400 or 200 <= status < 300:
+            return "accepted", status, text
+        return "unexpected", status, text
+
 
 def classify(
     items: Sequence[Item],
