@@ -122,3 +122,84 @@ def test_bad_command_line_exits_2(argv: list[str], capsys: pytest.CaptureFixture
         main(argv)
     assert exited.value.code == 2
     assert "usage: metadata-consumer" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from consumer import __version__
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"metadata-consumer {__version__}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param([], id="top"),
+        pytest.param(["run"], id="run"),
+        pytest.param(["check"], id="check"),
+        pytest.param(["demo"], id="demo"),
+        pytest.param(["dlq"], id="dlq"),
+        pytest.param(["dlq", "inspect"], id="dlq-inspect"),
+        pytest.param(["dlq", "replay"], id="dlq-replay"),
+    ],
+)
+def test_every_help_has_an_example_and_exit_codes(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    examples = out.partition("examples:\n")[2]
+    assert "  metadata-consumer " in examples.partition("exit codes:")[0]
+    assert "exit codes:\n  " in out
+
+
+def test_run_help_lists_every_variable_with_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    from consumer.settings import ENV_VARS
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    lines = {
+        line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and line.split()
+    }
+    for name in ENV_VARS:
+        assert name in lines, name
+    assert lines["BATCH_MAX_ITEMS"].split()[1] == "1000"
+    assert lines["ASAPP_API_SECRET"].split()[1] == "(required)"
+    assert "README.md" in out
+
+
+def test_check_help_says_it_costs_one_request(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["check", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "sends ONE request to the API" in out and "--no-api-call" in out
+
+
+def test_run_warns_about_look_alike_variables_and_a_rate_above_the_spike_arrest() -> None:
+    import socket
+
+    with socket.socket() as taken:  # stop right after the warnings: the port is busy
+        taken.bind(("0.0.0.0", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run(
+            {**BASE, "BATCH_MAX_ITEM": "5", "RATE_LIMIT_RPS": "500", "METRICS_PORT": str(port)}
+        )
+    output = result.stdout + result.stderr
+    assert "did you mean BATCH_MAX_ITEMS?" in output
+    assert "RATE_LIMIT_RPS=500 is above ASAPP's spike arrest of 100 requests/s" in output
+    assert f"METRICS_PORT={port} is already in use" in output
+    assert result.returncode == 2 and "Traceback" not in output
+
+
+def test_run_reports_every_configuration_problem_at_once() -> None:
+    result = run({"LOG_FORMAT": "text", "BATCH_MAX_ITEMS": "many"})
+    assert result.returncode == 2
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "ASAPP_API_ID", "ASAPP_API_SECRET", "BATCH_MAX_ITEMS"):
+        assert name in result.stderr
+    assert "4 problems:" in result.stderr
