@@ -127,3 +127,41 @@ def test_configuration_errors_all_at_once_with_did_you_mean() -> None:
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "ASAPP_API_ID", "ASAPP_API_SECRET", "BATCH_MAX_ITEMS"):
         assert name in result.stdout
     assert "fix the configuration first" in result.stdout
+
+
+def test_schema_registry_reachable_and_missing_subjects_warned(env: Env, api: EmulatedApi) -> None:
+    from consumer.sandbox.registry import SchemaRegistryStandIn
+    from consumer.schemas import reader_schema
+
+    with SchemaRegistryStandIn() as registry:
+        registry.register(
+            f"{env.topics[Entity.AGENT]}-value", json.dumps(reader_schema(Entity.AGENT))
+        )
+        result = check(
+            service_environment(env, api.url, SCHEMA_REGISTRY_URL=registry.url),
+            "--json",
+            "--no-api-call",
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+    by_check = {r["check"]: r for r in rows(result)}
+    assert by_check["schema registry"] == {
+        "check": "schema registry",
+        "status": "pass",
+        "detail": "1 subject(s)",
+    }
+    warned = by_check["registry subjects"]
+    assert warned["status"] == "warn"
+    assert f"{env.topics[Entity.CUSTOMER]}-value" in warned["detail"]
+
+
+def test_unreachable_schema_registry_fails(env: Env, api: EmulatedApi) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = check(
+        service_environment(env, api.url, SCHEMA_REGISTRY_URL=dead),
+        "--no-api-call",
+        "--timeout-s",
+        "2",
+    )
+    assert result.returncode == 1
+    line = next(x for x in result.stdout.splitlines() if x.startswith("schema registry"))
+    assert "FAIL" in line and dead in line
