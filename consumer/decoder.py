@@ -17,7 +17,18 @@ Error contract of ``decode()`` (the caller acts on the class, the text is for th
   schema id the registry says does not exist (HTTP 404 with SR code 40403), a writer schema that
   is not Avro, does not parse, or does not resolve against the reader schema, a truncated body,
   trailing bytes after the record. Nothing else escapes for bad bytes: any exception fastavro
-  raises while reading is translated to ``DecodeError``.
+  raises while reading is translated to ``DecodeError``. Its text is at most 160 characters
+  plus a fixed prefix (well under 400).
+- Bounded work: a read never takes more than time and memory proportional to the value's
+  length. fastavro already refuses a string, bytes or array length beyond the remaining bytes
+  (``EOFError``); the two writer schemas for which that is not enough are refused when the
+  schema is first fetched, as ``DecodeError`` remembered for good: a **recursive** named type
+  (fastavro's compiled reader recurses on the C stack, so a value of a few KB nesting deeper
+  than the stack kills the process with a segmentation fault), and an **array of items that
+  take no bytes** (``null``, an empty record, a zero-size ``fixed``: a corrupt count of
+  2^62 items costs no bytes and never finishes).
+- Property-tested (``tests/unit/test_properties_ingest.py``) over arbitrary, truncated and
+  bit-flipped values and arbitrary schema ids.
 - :class:`~consumer.errors.RegistryUnavailable` (retry later, never dead-letter): anything else
   that goes wrong while fetching a writer schema. What ``SchemaRegistryClient.get_schema`` raises
   (confluent-kafka 2.16, ``schema_registry/_sync/schema_registry_client.py``): after its own
@@ -36,7 +47,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -129,7 +140,9 @@ def _read(
     try:
         record = fastavro.schemaless_reader(buf, writer, reader)
     except fastavro.read.SchemaResolutionError as exc:
-        raise DecodeError(f"{what} does not resolve against the reader schema: {exc}") from exc
+        raise DecodeError(
+            f"{what} does not resolve against the reader schema: {_short(exc)}"
+        ) from exc
     except (EOFError, StopIteration) as exc:
         raise DecodeError(f"truncated Avro body ({len(value) - start} bytes) for {what}") from exc
     except Exception as exc:  # fastavro raises many types on garbage: all mean a bad message
@@ -339,11 +352,17 @@ class RegistryAvroDecoder:
         if not isinstance(parsed, dict) or parsed.get("type") != "record":
             raise DecodeError(f"writer schema id {schema_id} is not an Avro record schema")
         what = f"writer schema id {schema_id}"
-        if _shape(parsed) == _shape(self._reader):
-            return _Writer(parsed, None, None, what)
-        if _projectable(parsed, self._reader):
-            names = tuple(f["name"] for f in self._reader["fields"])
-            return _Writer(parsed, None, names, what)
+        try:
+            unbounded = _unbounded(parsed)
+            if unbounded is not None:
+                raise DecodeError(f"{what} is not supported: {unbounded}")
+            if _shape(parsed) == _shape(self._reader):
+                return _Writer(parsed, None, None, what)
+            if _projectable(parsed, self._reader):
+                names = tuple(f["name"] for f in self._reader["fields"])
+                return _Writer(parsed, None, names, what)
+        except RecursionError as exc:  # parse_schema took it, our walk is deeper per level
+            raise DecodeError(f"{what} is nested too deeply") from exc
         return _Writer(parsed, self._reader, None, what)
 
 
@@ -375,3 +394,125 @@ def _projectable(writer: ParsedSchema, reader: ParsedSchema) -> bool:
         elif not ("default" in field and field["default"] is None):
             return False
     return True
+
+
+_NAMED = frozenset({"record", "error", "enum", "fixed"})
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+
+
+def _types(schema: Any) -> Iterator[Any]:
+    """Every type node of a parsed schema, each definition once (references stay names)."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            kind = node.get("type")
+            if kind in ("record", "error"):
+                stack.extend(f.get("type") for f in node.get("fields", ()) if isinstance(f, dict))
+            elif kind == "array":
+                stack.append(node.get("items"))
+            elif kind == "map":
+                stack.append(node.get("values"))
+            elif isinstance(kind, dict | list):
+                stack.append(kind)
+
+
+def _named(schema: ParsedSchema) -> dict[str, Any]:
+    """Full name → definition of every named type (fastavro's parse keeps this table)."""
+    table = schema.get("__named_schemas")
+    if isinstance(table, dict):
+        return table
+    return {  # pragma: no cover - fastavro 1.x always fills the table
+        t["name"]: t
+        for t in _types(schema)
+        if isinstance(t, dict) and t.get("type") in _NAMED and "name" in t
+    }
+
+
+def _refs(definition: Any) -> set[str]:
+    """Names a record's fields refer to, without looking inside nested named definitions."""
+    out: set[str] = set()
+    stack = [f.get("type") for f in definition.get("fields", ()) if isinstance(f, dict)]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if node not in _PRIMITIVES:
+                out.add(node)
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            kind = node.get("type")
+            if kind in _NAMED and "name" in node:
+                out.add(node["name"])
+            elif kind == "array":
+                stack.append(node.get("items"))
+            elif kind == "map":
+                stack.append(node.get("values"))
+            elif isinstance(kind, dict | list | str):
+                stack.append(kind)
+    return out
+
+
+def _recursive(named: dict[str, Any]) -> str | None:
+    """The name of a record that (directly or not) contains itself, or None."""
+    graph = {
+        name: _refs(d)
+        for name, d in named.items()
+        if isinstance(d, dict) and d.get("type") in ("record", "error")
+    }
+    done: set[str] = set()
+    for root in graph:
+        if root in done:
+            continue
+        path: list[tuple[str, Iterator[str]]] = [(root, iter(graph[root]))]
+        on_path = {root}
+        while path:
+            name, children = path[-1]
+            child = next(children, None)
+            if child is None:
+                path.pop()
+                on_path.discard(name)
+                done.add(name)
+            elif child in on_path:
+                return child
+            elif child in graph and child not in done:
+                path.append((child, iter(graph[child])))
+                on_path.add(child)
+    return None
+
+
+def _zero_width(node: Any, named: dict[str, Any]) -> bool:
+    """True when a value of this (non-recursive) type can be written in zero bytes."""
+    if isinstance(node, str):
+        if node == "null":
+            return True
+        return node in named and _zero_width(named[node], named)
+    if not isinstance(node, dict):
+        return False  # a union writes its branch index (>= 1 byte)
+    kind = node.get("type")
+    if kind in ("record", "error"):
+        return all(_zero_width(f.get("type"), named) for f in node.get("fields", ()))
+    if kind == "fixed":
+        return node.get("size") == 0
+    if isinstance(kind, str) and kind in _PRIMITIVES:
+        return kind == "null"  # e.g. {"type": "null"} or a primitive with a logicalType
+    return False  # enum, array, map: at least one byte each
+
+
+def _unbounded(schema: ParsedSchema) -> str | None:
+    """Why reading with this writer schema could outgrow the value's length, or None."""
+    named = _named(schema)
+    name = _recursive(named)
+    if name is not None:
+        return f"recursive type {name} (nesting is not bounded by the reader)"
+    for node in _types(schema):
+        if (
+            isinstance(node, dict)
+            and node.get("type") == "array"
+            and _zero_width(node.get("items"), named)
+        ):
+            return "an array whose items take no bytes (a corrupt count is unbounded)"
+    return None
