@@ -14,15 +14,23 @@ Contracts of :func:`to_item`:
 - ``eventId`` is always set: the record's own ``eventId`` when it is a non-empty string, else
   :func:`fallback_event_id` of the message's position, so every result the API returns can be
   matched back to its message.
-- The item is not checked against the API's patterns and lengths (that is validation's job);
-  a value of a type no Avro record can carry (e.g. a ``startTs`` string) or a timestamp
-  outside years 1-9999 raises :class:`~consumer.errors.ValidationError`.
+- The item is not checked against the API's patterns, lengths and scalar types (that is
+  validation's job: a wrong-typed scalar is copied as it is and rejected there).
+
+Error contract: for *any* input (a record of any shape, with values of any type, however
+nested) ``to_item`` returns an item or raises :class:`~consumer.errors.ValidationError`, and
+nothing else. It raises for what it cannot convert: a record that is not a mapping, a
+``startTs`` that is not a ``datetime`` or epoch milliseconds or lies outside years 1-9999 (in
+UTC), ``languages`` / ``companySegment`` / ``attributes`` that are not lists (or tuples), an
+attribute that is not a mapping with ``name`` and ``value``. The error text names the field
+and is at most about 200 characters. Property-tested in ``tests/unit/test_properties_ingest.py``.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
+import hashlib
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -54,11 +62,20 @@ FIELDS: dict[Entity, tuple[str, ...]] = {
 
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_TOPIC_CHARS = 200
+"""Room left in the API's 256-char ``eventId`` for ``-<partition>-<offset>`` (up to 31 chars)."""
+_TOPIC_HASH_CHARS = 12
+_MAX_SHOWN_CHARS = 60
 
 
 @functools.lru_cache(maxsize=256)
 def _safe_topic(topic: str) -> str:
-    return _UNSAFE.sub("-", topic)
+    safe = _UNSAFE.sub("-", topic)
+    if len(safe) <= _MAX_TOPIC_CHARS:
+        return safe
+    # Kafka allows 249-char topic names: keep a prefix and make it unique with a hash.
+    digest = hashlib.sha256(topic.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{safe[: _MAX_TOPIC_CHARS - _TOPIC_HASH_CHARS - 1]}-{digest[:_TOPIC_HASH_CHARS]}"
 
 
 def fallback_event_id(topic: str, partition: int, offset: int) -> str:
@@ -66,6 +83,8 @@ def fallback_event_id(topic: str, partition: int, offset: int) -> str:
 
     Unique per message within a cluster and stable across redeliveries, so a retried message
     carries the same id. Example: ``asapp.metadata.agent``, 0, 42 → ``asapp-metadata-agent-0-42``.
+    A sanitised topic longer than 200 characters is cut to 187 plus ``-`` and 12 hex digits
+    of its SHA-256, so the id always fits the API's 256 characters.
     """
     # ints render as digits and "-" only, so the topic is the one part that needs sanitising
     return f"{_safe_topic(topic)}-{partition}-{offset}"
@@ -77,25 +96,53 @@ def iso_utc_millis(value: datetime | int) -> str:
     Raises ``ValidationError`` for another type or a time outside years 1-9999.
     """
     if isinstance(value, datetime):
-        dt = value if value.tzinfo is None else value.astimezone(UTC)
+        try:
+            dt = value if value.tzinfo is None else value.astimezone(UTC)
+        except (OverflowError, ValueError, TypeError) as exc:  # 0001-01-01+05:00, a bad tzinfo
+            raise ValidationError(f"timestamp {_shown(value)} is out of range in UTC") from exc
     elif isinstance(value, int) and not isinstance(value, bool):
         try:
             dt = _EPOCH + timedelta(milliseconds=value)
         except OverflowError as exc:
-            raise ValidationError(f"timestamp {value} ms is out of range") from exc
+            raise ValidationError(f"timestamp {_shown(value)} ms is out of range") from exc
     else:
-        raise ValidationError(f"timestamp must be a datetime or epoch millis, not {type(value)}")
+        raise ValidationError(
+            f"timestamp must be a datetime or epoch millis, not {type(value).__name__}"
+        )
     return (
         f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T"
         f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}.{dt.microsecond // 1000:03d}Z"
     )
 
 
+def _shown(value: Any) -> str:
+    """A short, printable rendering of a bad value for an error text."""
+    try:
+        text = ascii(value)
+    except Exception:  # a broken __repr__ must not turn a validation error into a crash
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= _MAX_SHOWN_CHARS else text[: _MAX_SHOWN_CHARS - 3] + "..."
+
+
 def _attributes(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list | tuple):
+        raise ValidationError(f"attributes must be a list, not {type(value).__name__}")
     try:
         return [{"name": a["name"], "value": a["value"]} for a in value]
-    except (TypeError, KeyError) as exc:
-        raise ValidationError(f"attributes must be a list of {{name, value}}: {exc}") from exc
+    except (LookupError, TypeError, AttributeError, ValueError) as exc:
+        raise ValidationError(
+            f"attributes must be a list of {{name, value}}: {type(exc).__name__}: {_shown(exc)}"
+        ) from exc
+
+
+def _list_of(name: str) -> Callable[[Any], list[Any]]:
+    def convert(value: Any) -> list[Any]:
+        if not isinstance(value, list | tuple):
+            # list("en") would be ["e", "n"]: a wrong type must not become a plausible value
+            raise ValidationError(f"{name} must be a list, not {type(value).__name__}")
+        return list(value)
+
+    return convert
 
 
 def _enum_or_str(value: Any) -> Any:
@@ -105,8 +152,8 @@ def _enum_or_str(value: Any) -> Any:
 _CONVERT: dict[str, Callable[[Any], Any]] = {
     "startTs": iso_utc_millis,
     "attributes": _attributes,
-    "languages": list,
-    "companySegment": list,
+    "languages": _list_of("languages"),
+    "companySegment": _list_of("companySegment"),
     "deviceType": _enum_or_str,
     "platform": _enum_or_str,
     "operatingSystem": _enum_or_str,
@@ -122,6 +169,8 @@ def to_item(
     entity: Entity, record: Mapping[str, Any], *, topic: str, partition: int, offset: int
 ) -> dict[str, Any]:
     """Build the API item for one decoded record (contract in the module docstring)."""
+    if type(record) is not dict and not isinstance(record, Mapping):
+        raise ValidationError(f"event must be a record, not {type(record).__name__}")
     item: dict[str, Any] = {}
     get = record.get
     for name, convert in _PLAN[entity]:
