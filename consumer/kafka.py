@@ -947,3 +947,420 @@ class ClusterProbe:
 _SILENT = logging.getLogger("consumer.kafka.check")
 _SILENT.addHandler(logging.NullHandler())
 _SILENT.propagate = False
+
+
+# --------------------------------------------------------------------------- quota ledger
+# The group's shared request ledger (issue "API economy"): each pod writes its count for the
+# UTC day to a compacted topic and reads everyone's. See QuotaLedger's docstring.
+
+import json  # noqa: E402  (this section's own imports; the top of the file is shared)
+
+from consumer.quota import MemberRecord  # noqa: E402
+
+#: The ledger topic's default name (``QUOTA_TOPIC``).
+DEFAULT_QUOTA_TOPIC = "asapp.metadata.quota"
+#: Most pods one ledger remembers (the oldest records are forgotten beyond it).
+LEDGER_MAX_MEMBERS = 4096
+#: Records read per consume call of the ledger's reader.
+_LEDGER_BATCH = 500
+
+
+def ledger_key(group: str, day: str, pod: str) -> bytes:
+    """A ledger record's key: ``<group>|<day>|<pod>`` (compaction keeps the last per key)."""
+    return f"{group}|{day}|{pod}".encode()
+
+
+def ledger_value(group: str, record: MemberRecord) -> bytes:
+    """A ledger record's value: the MemberRecord's fields plus ``group``, as JSON."""
+    return json.dumps(
+        {
+            "group": group,
+            "pod": record.pod,
+            "day": record.day,
+            "requests": record.requests,
+            "demand": record.demand,
+            "ts": record.ts,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def parse_ledger_value(value: bytes) -> tuple[str, MemberRecord] | None:
+    """``(group, MemberRecord)`` from a ledger value, None when it is not one."""
+    try:
+        raw = json.loads(value)
+        if not isinstance(raw, dict):
+            return None
+        group, pod, day = raw["group"], raw["pod"], raw["day"]
+        requests, demand, ts = raw["requests"], raw["demand"], raw["ts"]
+        if not (isinstance(group, str) and isinstance(pod, str) and isinstance(day, str)):
+            return None
+        if isinstance(requests, bool) or not isinstance(requests, int) or requests < 0:
+            return None
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (demand, ts)):
+            return None
+        return group, MemberRecord(pod, day, requests, float(demand), float(ts))
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+
+
+def _ledger_client_config(settings: Settings) -> dict[str, Any]:
+    """Connection properties without the group-consumer ones (the ledger joins no group)."""
+    return {
+        k: v
+        for k, v in common_config(settings).items()
+        if not k.startswith(_CONSUMER_ONLY_PREFIXES)
+    }
+
+
+class QuotaLedger:
+    """The group's request ledger on a compacted Kafka topic: the pacer's ``Ledger``.
+
+    Records: key ``<group>|<day>|<pod>``, value JSON ``{"group", "pod", "day", "requests",
+    "demand", "ts"}`` (:func:`ledger_value`). Every pod writes its own records and reads the
+    whole topic, so the day's usage is the sum over the group's pods and survives restarts (a
+    vanished pod's requests stay spent; a restarted pod with a new name adds a new key).
+
+    The topic (``QUOTA_TOPIC``, default :data:`DEFAULT_QUOTA_TOPIC`) must exist: the ledger
+    never produces to a topic the metadata does not list, so a broker that auto-creates topics
+    cannot make it a plain (uncompacted) one. Recommended configuration::
+
+        partitions: 1                      # a few records per pod and day; one is plenty
+        cleanup.policy: compact,delete     # the last record per key, and old days dropped
+        retention.ms: 172800000            # 2 days: today's and yesterday's records
+        segment.ms: 3600000                # lets compaction and deletion act within hours
+
+    ACLs: Read and Describe on the topic, Write on the topic, IdempotentWrite on the cluster
+    (the writer is idempotent); no group ACL (the reader joins no group and commits nothing,
+    its ``group.id`` is only required by the client).
+
+    Contract:
+
+    - :meth:`publish` stores the record as this pod's latest and returns at once; a background
+      thread writes the latest unwritten record every ``publish_interval_s`` and once more on
+      :meth:`close` (bounded by its ``timeout_s``).
+    - :meth:`members` is the latest record per pod of this group (any day: the caller filters
+      by day; records of other groups are ignored), or None while the ledger is not known to be
+      read: before the reader first caught up with the topic's end, when it has not caught up
+      with an end it queried for more than ``stale_after_s``, when the topic does not exist or
+      cannot be read, or when the last write failed.
+    - :meth:`problem` says why (None when healthy). The first problem of an episode is logged
+      once as a warning, the recovery once as info.
+    - Nothing raises out of publish, members or problem; every broker call is bounded.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        group: str,
+        pod: str,
+        topic: str = DEFAULT_QUOTA_TOPIC,
+        clock: Callable[[], float] = time.time,
+        publish_interval_s: float = 2.0,
+        stale_after_s: float = 15.0,
+        timeout_s: float = 5.0,
+    ) -> None:
+        """Starts the background thread. Raises ConfigError when librdkafka rejects the
+        configuration."""
+        self.group, self.pod, self.topic = group, pod, topic
+        self._clock = clock
+        self._interval_s = publish_interval_s
+        self._stale_after_s = stale_after_s
+        self._timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._latest: MemberRecord | None = None
+        self._unwritten = False
+        self._members: dict[str, MemberRecord] = {}
+        self._read_at: float | None = None  # everything the topic held at this time was read
+        self._target: tuple[float, dict[int, int]] | None = None  # (when, end offset)
+        self._next: dict[int, int] = {}  # partition -> next offset to read
+        self._assigned: set[int] = set()
+        self._missing: str | None = None  # the topic does not exist / metadata failed
+        self._read_error: str | None = None
+        self._write_error: str | None = None
+        self._problem: str | None = "quota ledger not read yet"
+        self._episode = False  # a warning was logged for the current problem
+        self._started_at = clock()
+        self._client_log = RepeatLimiter(client_log)
+        base = _ledger_client_config(settings)
+        try:
+            self._producer = Producer(
+                {
+                    **base,
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 0,
+                    "message.timeout.ms": max(1000, int(timeout_s * 2000)),
+                    "client.id": "asapp-metadata-consumer-quota",
+                    "error_cb": self._on_error,
+                },
+                logger=self._client_log,
+            )
+            self._consumer = Consumer(
+                {
+                    **base,
+                    "group.id": f"{group}.quota-ledger",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",
+                    "client.id": "asapp-metadata-consumer-quota",
+                    "error_cb": self._on_error,
+                },
+                logger=self._client_log,
+            )
+        except KafkaException as exc:
+            raise _config_error(exc) from exc
+        self._thread = threading.Thread(target=self._run, name="quota-ledger", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ the Ledger protocol
+    def publish(self, record: MemberRecord) -> None:
+        """Make ``record`` (a MemberRecord of this pod) the next one written. Never blocks."""
+        with self._lock:
+            self._latest = record
+            self._unwritten = True
+
+    def members(self) -> Mapping[str, MemberRecord] | None:
+        """The latest record per pod of this group, or None (see the class docstring)."""
+        with self._lock:
+            if self._current_problem_locked() is not None:
+                return None
+            return dict(self._members)
+
+    def problem(self) -> str | None:
+        """Why :meth:`members` is None, or None when the ledger is healthy."""
+        with self._lock:
+            return self._current_problem_locked()
+
+    def close(self) -> None:
+        """Stop the thread after a final write of the latest record (bounded by
+        ``timeout_s``), then release the clients."""
+        self._stop.set()
+        self._thread.join(self._timeout_s * 3 + 1.0)
+        if self._thread.is_alive():
+            log.warning(
+                "quota ledger did not stop within its bound; its last record may be unwritten",
+                extra={"event": "quota_ledger_close_timeout", "topic": self.topic},
+            )
+            return
+        run_bounded(self._consumer.close, self._timeout_s, "closing the quota ledger reader")
+
+    # ------------------------------------------------------------------ state
+    def _current_problem_locked(self) -> str | None:
+        if self._missing is not None:
+            return self._missing
+        if self._write_error is not None:
+            return self._write_error
+        if self._read_error is not None:
+            return self._read_error
+        if self._read_at is None:
+            return "quota ledger not read yet"
+        age = self._clock() - self._read_at
+        if age > self._stale_after_s:
+            return f"quota ledger {self.topic} not read for {age:.0f}s"
+        return None
+
+    def _review(self) -> None:
+        """Log the start (warning) and the end (info) of a problem episode, once each."""
+        with self._lock:
+            problem = self._current_problem_locked()
+            started = (
+                self._read_at is not None
+                or self._missing is not None
+                or self._clock() - self._started_at > self._stale_after_s
+            )
+            previous, self._problem = self._problem, problem
+        if problem is not None and not self._episode:
+            if problem == "quota ledger not read yet" and not started:
+                return  # start-up, not a problem yet
+            self._episode = True
+            log.warning(
+                "quota ledger unusable: %s; pacing falls back to this pod's safe share",
+                problem,
+                extra={"event": "quota_ledger_unusable", "topic": self.topic},
+            )
+        elif problem is None and previous is not None and self._episode:
+            self._episode = False
+            log.info(
+                "quota ledger usable again", extra={"event": "quota_ledger_ok", "topic": self.topic}
+            )
+
+    def _on_error(self, err: KafkaError) -> None:
+        """Client-wide errors (served from the thread's poll/consume): logged, rate limited."""
+        self._client_log.log(
+            logging.WARNING,
+            "quota ledger client error: %s: %s",
+            err.name(),
+            err.str(),
+            extra={"event": "quota_ledger_client_error", "code": err.name()},
+        )
+        if err.code() in _NOT_PERMITTED or err.fatal():
+            with self._lock:
+                self._write_error = f"quota ledger {self.topic}: {_text(err)}"
+
+    # ------------------------------------------------------------------ the thread
+    def _run(self) -> None:
+        next_cycle = 0.0
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() >= next_cycle:
+                    next_cycle = time.monotonic() + self._interval_s
+                    self._cycle()
+                self._read(min(0.2, self._interval_s))
+                self._review()
+            except Exception as exc:  # the thread must outlive any surprise; reported, not lost
+                with self._lock:
+                    self._read_error = f"quota ledger {self.topic}: {exc}"
+                self._client_log.log(
+                    logging.WARNING,
+                    "quota ledger cycle failed: %s",
+                    exc,
+                    extra={"event": "quota_ledger_error"},
+                )
+                self._stop.wait(min(1.0, self._interval_s))
+        self._final_write()
+
+    def _cycle(self) -> None:
+        """Metadata (assign new partitions), the end offsets to catch up with, one write."""
+        partitions = self._partitions()
+        if partitions is None:
+            return
+        if partitions - self._assigned:
+            new = sorted(partitions - self._assigned)
+            self._consumer.incremental_assign(
+                [KTopicPartition(self.topic, p, -2) for p in new]  # OFFSET_BEGINNING
+            )
+            self._assigned |= set(new)
+        if self._target is None:
+            ends = self._ends(partitions)
+            if ends is not None:
+                self._target = ends
+        self._write()
+
+    def _partitions(self) -> set[int] | None:
+        try:
+            meta = self._consumer.list_topics(self.topic, timeout=self._timeout_s)
+        except KafkaException as exc:
+            with self._lock:
+                self._read_error = f"quota ledger {self.topic}: metadata: {translate(exc, 'read')}"
+            return None
+        t = meta.topics.get(self.topic)
+        missing: str | None = None
+        if t is None or (
+            t.error is not None and t.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+        ):
+            missing = f"quota ledger topic {self.topic} does not exist (create it, compacted)"
+        elif t.error is not None:
+            missing = f"quota ledger topic {self.topic}: {_text(t.error)}"
+        elif not t.partitions:
+            missing = f"quota ledger topic {self.topic} has no partitions"
+        with self._lock:
+            self._missing = missing
+        return None if missing is not None else set(t.partitions) if t is not None else None
+
+    def _ends(self, partitions: set[int]) -> tuple[float, dict[int, int]] | None:
+        """``(now, {partition: end offset})``; also moves each unread partition's next offset
+        to its low watermark (records below it were deleted)."""
+        when = self._clock()
+        ends: dict[int, int] = {}
+        for p in sorted(partitions):
+            try:
+                low, high = self._consumer.get_watermark_offsets(
+                    KTopicPartition(self.topic, p), timeout=self._timeout_s, cached=False
+                )
+            except KafkaException as exc:
+                with self._lock:
+                    self._read_error = f"quota ledger {self.topic}[{p}]: {translate(exc, 'read')}"
+                return None
+            self._next[p] = max(self._next.get(p, 0), int(low))
+            ends[p] = int(high)
+        return when, ends
+
+    def _read(self, timeout_s: float) -> None:
+        """Consume what arrived; mark the ledger read once the target end offsets are reached."""
+        if not self._assigned:
+            self._stop.wait(timeout_s)
+            return
+        for m in self._consumer.consume(_LEDGER_BATCH, timeout=timeout_s):
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    with self._lock:
+                        self._read_error = f"quota ledger {self.topic}: {_text(err)}"
+                continue
+            p, offset = int(m.partition() or 0), int(m.offset() or 0)
+            self._next[p] = max(self._next.get(p, 0), offset + 1)
+            self._apply(m.key(), m.value())
+        target = self._target
+        if target is not None and all(self._next.get(p, 0) >= end for p, end in target[1].items()):
+            self._target = None
+            with self._lock:
+                self._read_at = max(self._read_at or target[0], target[0])
+                self._read_error = None
+
+    def _apply(self, key: bytes | str | None, value: bytes | str | None) -> None:
+        """Keep the record if it is this group's and newer than the pod's last one."""
+        if value is None:
+            return  # a tombstone: the key's day is over for compaction; nothing to keep
+        parsed = parse_ledger_value(value.encode() if isinstance(value, str) else value)
+        if parsed is None:
+            self._client_log.log(
+                logging.WARNING,
+                "quota ledger %s: ignoring a record that is not a ledger record (key %r)",
+                self.topic,
+                key,
+                extra={"event": "quota_ledger_bad_record", "topic": self.topic},
+            )
+            return
+        group, record = parsed
+        if group != self.group:
+            return
+        with self._lock:
+            old = self._members.get(record.pod)
+            if old is None or (record.day, record.ts) >= (old.day, old.ts):
+                self._members[record.pod] = record
+            if len(self._members) > LEDGER_MAX_MEMBERS:
+                oldest = min(self._members.values(), key=lambda r: (r.day, r.ts))
+                del self._members[oldest.pod]
+
+    def _write(self) -> None:
+        """Queue the latest unwritten record (only to an existing topic) and serve reports."""
+        with self._lock:
+            record = self._latest if self._unwritten and self._missing is None else None
+            self._unwritten = self._unwritten and record is None
+        if record is not None:
+            try:
+                self._producer.produce(
+                    self.topic,
+                    key=ledger_key(self.group, record.day, record.pod),
+                    value=ledger_value(self.group, record),
+                    on_delivery=self._delivered,
+                )
+            except (BufferError, KafkaException) as exc:
+                with self._lock:
+                    self._write_error = f"quota ledger {self.topic}: write: {exc}"
+                    self._unwritten = True
+        self._producer.poll(0)
+
+    def _delivered(self, err: KafkaError | None, _msg: KMessage) -> None:
+        with self._lock:
+            if err is None:
+                self._write_error = None
+            else:
+                self._write_error = f"quota ledger {self.topic}: write: {_text(err)}"
+                self._unwritten = True  # the latest is written again next cycle
+
+    def _final_write(self) -> None:
+        """On close: write the latest record once more if unwritten, flush within the bound."""
+        try:
+            if self._missing is None:
+                self._write()
+            self._producer.flush(self._timeout_s)
+        except Exception as exc:  # at close, a lost final record is logged, not raised
+            log.warning(
+                "quota ledger final write failed: %s",
+                exc,
+                extra={"event": "quota_ledger_close_failed", "topic": self.topic},
+            )

@@ -1,0 +1,165 @@
+"""The quota ledger (consumer.kafka.QuotaLedger) against the real local broker.
+
+The local broker accepts ``cleanup.policy=compact,delete`` and ``retention.ms`` when a topic is
+created (and reports them back), so the ledger topic is created here as it is in production.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from consumer.kafka import QuotaLedger, ledger_key
+from consumer.quota import MemberRecord, utc_day
+from consumer.sandbox.broker import LocalBroker
+from consumer.settings import Settings
+from tests.integration.conftest import wait_until
+
+#: The production configuration of the ledger topic (see QuotaLedger's docstring).
+LEDGER_CONFIG = {"cleanup.policy": "compact,delete", "retention.ms": "172800000"}
+
+
+def create_ledger_topic(bootstrap: str, topic: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics(
+        [NewTopic(topic, num_partitions=1, replication_factor=1, config=LEDGER_CONFIG)],
+        request_timeout=10,
+    )
+    for fut in futures.values():
+        fut.result(timeout=10)
+
+
+@pytest.fixture
+def topic(broker: LocalBroker) -> str:
+    name = f"it.quota.{uuid.uuid4().hex[:8]}"
+    create_ledger_topic(broker.bootstrap_servers, name)
+    return name
+
+
+@pytest.fixture
+def settings(broker: LocalBroker) -> Settings:
+    return Settings(bootstrap_servers=broker.bootstrap_servers, api_id="x", api_secret="y")
+
+
+class Ledgers:
+    """Opens ledgers with a short interval and closes every one at the end of the test."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.open: list[QuotaLedger] = []
+
+    def __call__(self, group: str, pod: str, topic: str, **kw: float) -> QuotaLedger:
+        kw.setdefault("publish_interval_s", 0.3)
+        kw.setdefault("stale_after_s", 10.0)
+        ledger = QuotaLedger(self.settings, group=group, pod=pod, topic=topic, **kw)
+        self.open.append(ledger)
+        return ledger
+
+
+@pytest.fixture
+def ledgers(settings: Settings) -> Iterator[Ledgers]:
+    made = Ledgers(settings)
+    yield made
+    for ledger in made.open:
+        ledger.close()
+
+
+def record(pod: str, requests: int, ts: float | None = None) -> MemberRecord:
+    now = time.time() if ts is None else ts
+    return MemberRecord(pod=pod, day=utc_day(now), requests=requests, demand=1.5, ts=now)
+
+
+def pods_seen(ledger: QuotaLedger) -> dict[str, int]:
+    members = ledger.members()
+    return {} if members is None else {p: r.requests for p, r in members.items()}
+
+
+def test_two_ledgers_of_one_group_see_each_others_records(topic: str, ledgers: Ledgers) -> None:
+    a, b = ledgers("g1", "pod-a", topic), ledgers("g1", "pod-b", topic)
+    other = ledgers("g2", "pod-x", topic)  # another group on the same topic: never counted
+    a.publish(record("pod-a", 7))
+    b.publish(record("pod-b", 11))
+    other.publish(record("pod-x", 1000))
+    want = {"pod-a": 7, "pod-b": 11}
+    wait_until(lambda: pods_seen(a) == want and pods_seen(b) == want, 20, "both records")
+    a.publish(record("pod-a", 9))  # the latest record per pod wins
+    wait_until(lambda: pods_seen(b) == {"pod-a": 9, "pod-b": 11}, 20, "the update")
+    assert a.problem() is None and b.problem() is None
+    members = b.members()
+    assert members is not None
+    assert members["pod-a"].demand == 1.5 and members["pod-a"].day == utc_day(time.time())
+    assert pods_seen(other) == {"pod-x": 1000}
+
+
+def test_a_restarted_ledger_sees_the_earlier_pods_records(topic: str, ledgers: Ledgers) -> None:
+    first = ledgers("g1", "pod-1", topic)
+    first.publish(record("pod-1", 42))
+    first.close()  # the final write: the record reaches the topic before close returns
+    ledgers.open.remove(first)
+    restarted = ledgers("g1", "pod-2", topic)
+    wait_until(lambda: restarted.members() is not None, 20, "the restarted ledger read")
+    assert pods_seen(restarted) == {"pod-1": 42}
+    restarted.publish(record("pod-2", 3))
+    wait_until(lambda: pods_seen(restarted) == {"pod-1": 42, "pod-2": 3}, 20, "its own record")
+
+
+def test_records_of_an_earlier_day_stay_in_members(topic: str, ledgers: Ledgers) -> None:
+    ledger = ledgers("g1", "pod-1", topic)
+    yesterday = time.time() - 86_400
+    ledger.publish(record("pod-old", 5, ts=yesterday))
+    wait_until(lambda: pods_seen(ledger) == {"pod-old": 5}, 20, "yesterday's record")
+    members = ledger.members()
+    assert members is not None and members["pod-old"].day == utc_day(yesterday)
+
+
+def test_a_missing_topic_gives_no_members_and_a_problem(
+    broker: LocalBroker, ledgers: Ledgers, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="consumer.kafka")
+    name = f"it.quota.missing.{uuid.uuid4().hex[:8]}"
+    ledger = ledgers("g1", "pod-1", name)
+    ledger.publish(record("pod-1", 1))
+    wait_until(lambda: "does not exist" in (ledger.problem() or ""), 20, "the problem")
+    assert ledger.members() is None
+    time.sleep(1.0)  # several cycles: still one warning, and nothing auto-created by a write
+    warnings = [r for r in caplog.records if getattr(r, "event", "") == "quota_ledger_unusable"]
+    assert len(warnings) == 1
+    meta = AdminClient({"bootstrap.servers": broker.bootstrap_servers}).list_topics(timeout=5)
+    assert name not in meta.topics
+
+    create_ledger_topic(broker.bootstrap_servers, name)  # the operator creates it: recovery
+    wait_until(lambda: pods_seen(ledger) == {"pod-1": 1}, 30, "recovery")
+    assert ledger.problem() is None
+    recovered = [r for r in caplog.records if getattr(r, "event", "") == "quota_ledger_ok"]
+    assert len(recovered) == 1
+
+
+def test_a_ledger_not_read_for_longer_than_stale_after_gives_none(
+    broker: LocalBroker, topic: str, settings: Settings
+) -> None:
+    clock = [time.time()]
+    ledger = QuotaLedger(
+        settings,
+        group="g1",
+        pod="pod-1",
+        topic=topic,
+        clock=lambda: clock[0],
+        publish_interval_s=0.3,
+        stale_after_s=15.0,
+    )
+    wait_until(lambda: ledger.members() is not None, 20, "first read")
+    ledger.close()  # the reader stops: nothing is read any more
+    clock[0] += 14.0
+    assert ledger.members() is not None  # within stale_after_s: still trusted
+    clock[0] += 2.0
+    assert ledger.members() is None
+    assert "not read for" in (ledger.problem() or "")
+
+
+def test_keys_name_group_day_and_pod() -> None:
+    assert ledger_key("g", "2026-12-01", "pod-1") == b"g|2026-12-01|pod-1"
