@@ -334,7 +334,7 @@ class RegistryAvroDecoder:
         """Turn the registry's answer into a parsed writer schema, or raise ``DecodeError``."""
         schema_type = registered.schema_type or "AVRO"
         if schema_type.upper() != "AVRO":
-            raise DecodeError(f"schema id {schema_id} is a {schema_type} schema, not AVRO")
+            raise DecodeError(f"schema id {schema_id} is a {schema_type[:40]} schema, not AVRO")
         text = registered.schema_str
         if not text:
             raise DecodeError(f"schema id {schema_id} has an empty schema")
@@ -507,7 +507,7 @@ def _unbounded(schema: ParsedSchema) -> str | None:
     named = _named(schema)
     name = _recursive(named)
     if name is not None:
-        return f"recursive type {name} (nesting is not bounded by the reader)"
+        return f"recursive type {name[:80]} (nesting is not bounded by the reader)"
     for node in _types(schema):
         if (
             isinstance(node, dict)
