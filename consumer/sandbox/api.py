@@ -25,8 +25,10 @@ A request goes through these steps, first answer wins:
 3. injected faults: a ``stall`` of this entity's endpoint, then latency, then the next
    ``sequence`` step, then ``reset_rate``, then ``error_rate`` (random 5xx);
 4. ``forbidden`` flag 403; ``reject_credentials`` flag or wrong/missing credentials 401;
-5. rate limit (token bucket, ``rate_limit_rps`` refilled per second, burst = one second's
-   worth): 429 with ``Retry-After`` when a value is configured;
+5. the account's quota (see "Quota" below): daily quota spent 429 code ``429-02``, spike
+   arrest 429 code ``429-01``; then the rate limit (token bucket, ``rate_limit_rps`` refilled
+   per second, burst = one second's worth): 429 with ``Retry-After`` when a value is
+   configured;
 6. body not JSON / not ``{"items": [...]}`` / not 1..1000 items: 400 code ``400-01``;
 7. per-item validation, then ``reject_rate`` (``FAIL_BAD_PARAMS: ERROR: injected rejection``);
    then ``server_ids`` and ``shuffle_results`` shape the answer.
@@ -35,7 +37,10 @@ Control and inspection endpoints, no auth: ``GET /_emulator/items?entity=agent``
 ``GET /_emulator/receipts[?entity=agent]``, ``GET /_emulator/requests``,
 ``GET /_emulator/stats``, ``GET|POST /_emulator/faults`` (POST replaces the whole fault config;
 the body is :meth:`Faults.from_dict`'s format),
-``POST /_emulator/reset`` (clears items, request log, stats and faults),
+``GET|POST /_emulator/quota`` (POST body: any of ``{"daily_quota": 10000 | null,
+"spike_rps": 100 | null, "used": 9990}``; both answer :meth:`EmulatedApi.quota`),
+``POST /_emulator/reset`` (clears items, request log, stats, faults and today's quota count;
+the quota limits stay),
 ``GET /_emulator/health``.
 
 Fault config (JSON; every key optional)::
@@ -68,6 +73,20 @@ endpoints is held ``hold_s`` seconds and then answered ``status`` (no items are 
 ``retry_after_s`` is set; whole numbers are sent as integers, fractions as decimals
 (non-standard, but lets tests back off briefly).
 
+Quota (as ASAPP sells it: per account, across every endpoint and client)::
+
+    daily_quota  requests per UTC day; once that many were admitted today, every API request
+                 is answered 429 code "429-02" with Retry-After = whole seconds to 00:00 UTC
+                 (of ``wall_clock``); the count starts again at 0 each UTC day
+    spike_rps    more than this many admitted requests within any 1 s window (of ``clock``):
+                 429 code "429-01" with Retry-After 1
+
+Only requests that reach step 5 (routed, authenticated, no injected fault) and are admitted
+count, as do the requests :meth:`EmulatedApi.set_quota` says were ``used`` already; refused
+requests are counted separately (``refused`` in :meth:`EmulatedApi.quota`). Set them with the
+constructor, :meth:`EmulatedApi.set_quota`, ``POST /_emulator/quota`` or the CLI's
+``--daily-quota`` / ``--spike-rps`` / ``--quota-used``.
+
 Threading: one thread per connection (``ThreadingHTTPServer``, HTTP/1.1 keep-alive,
 ``TCP_NODELAY``); all shared state sits behind one lock and item validation runs outside it.
 :meth:`EmulatedApi.stop` wakes sleeping requests and shuts every open connection down.
@@ -78,6 +97,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import random
 import socket
 import struct
@@ -88,8 +108,10 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from consumer.records import Entity
@@ -113,9 +135,12 @@ except ImportError:  # pragma: no cover - exercised only without the sandbox ext
     _JSONDecodeError = json.JSONDecodeError
 
 __all__ = [
+    "QUOTA_SPENT_CODE",
+    "SPIKE_ARREST_CODE",
     "EmulatedApi",
     "FaultStep",
     "Faults",
+    "Keep",
     "Receipt",
     "RequestRecord",
     "Stall",
@@ -406,12 +431,108 @@ class _Answer:
     accepted_items: list[Any] = field(default_factory=list)
 
 
-def _error_body(status: int, message: str | None = None) -> bytes:
-    """The documented ``{"error": {"requestId", "message", "code"}}`` body."""
+def _error_body(status: int, message: str | None = None, *, code: str | None = None) -> bytes:
+    """The documented ``{"error": {"requestId", "message", "code"}}`` body (code
+    ``<status>-01`` unless given)."""
     text = message or _MESSAGES.get(status) or HTTPStatus(status).phrase
     return _dumps(
-        {"error": {"requestId": str(uuid.uuid4()), "message": text, "code": f"{status}-01"}}
+        {
+            "error": {
+                "requestId": str(uuid.uuid4()),
+                "message": text,
+                "code": code or f"{status}-01",
+            }
+        }
     )
+
+
+class Keep(Enum):
+    """:meth:`EmulatedApi.set_quota`'s "leave this limit as it is"."""
+
+    KEEP = "keep"
+
+
+#: Error codes of the quota's 429s.
+SPIKE_ARREST_CODE: Final = "429-01"
+QUOTA_SPENT_CODE: Final = "429-02"
+_DAY_S: Final = 86_400
+
+
+def _utc_day(unix_s: float) -> int:
+    return int(unix_s // _DAY_S)
+
+
+class _Quota:
+    """The account's daily quota and spike arrest; not thread-safe (the server's lock).
+
+    ``admit`` returns None when the request may proceed (and counts it), else the 429 code
+    and the Retry-After seconds.
+    """
+
+    def __init__(
+        self,
+        daily_quota: int | None,
+        spike_rps: float | None,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self._clock, self._wall_clock = clock, wall_clock
+        self.configure(daily_quota, spike_rps)
+        self.clear()
+
+    def configure(self, daily_quota: int | None, spike_rps: float | None) -> None:
+        if daily_quota is not None and (isinstance(daily_quota, bool) or daily_quota < 0):
+            raise ValueError(f"daily_quota must be >= 0 or null, got {daily_quota!r}")
+        if spike_rps is not None and spike_rps <= 0:
+            raise ValueError(f"spike_rps must be > 0 or null, got {spike_rps!r}")
+        self.daily_quota, self.spike_rps = daily_quota, spike_rps
+
+    def clear(self) -> None:
+        self._day = _utc_day(self._wall_clock())
+        self._used = 0
+        self._recent: deque[float] = deque()
+        self.refused: Counter[str] = Counter()
+
+    def set_used(self, used: int) -> None:
+        if isinstance(used, bool) or used < 0:
+            raise ValueError(f"used must be >= 0, got {used!r}")
+        self._roll()
+        self._used = used
+
+    def used(self) -> int:
+        self._roll()
+        return self._used
+
+    def _roll(self) -> None:
+        day = _utc_day(self._wall_clock())
+        if day != self._day:
+            self._day, self._used = day, 0
+
+    def admit(self) -> tuple[str, float] | None:
+        self._roll()
+        if self.daily_quota is not None and self._used >= self.daily_quota:
+            wall = self._wall_clock()
+            self.refused[QUOTA_SPENT_CODE] += 1
+            return QUOTA_SPENT_CODE, float(math.ceil((self._day + 1) * _DAY_S - wall))
+        if self.spike_rps is not None:
+            now = self._clock()
+            while self._recent and self._recent[0] <= now - 1.0:
+                self._recent.popleft()
+            if len(self._recent) >= self.spike_rps:
+                self.refused[SPIKE_ARREST_CODE] += 1
+                return SPIKE_ARREST_CODE, 1.0
+            self._recent.append(now)
+        self._used += 1
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "daily_quota": self.daily_quota,
+            "spike_rps": self.spike_rps,
+            "used": self.used(),
+            "day": datetime.fromtimestamp(self._day * _DAY_S, UTC).strftime("%Y-%m-%d"),
+            "refused": dict(sorted(self.refused.items())),
+        }
 
 
 def _retry_after_header(seconds: float) -> str:
@@ -441,8 +562,8 @@ class EmulatedApi(StandInServer):
     Guarantees: items are recorded (per entity, in arrival order, and in the all-entity
     :meth:`receipts` log with their acceptance time) when the answer that accepted them is
     decided, just before it is sent; :meth:`stop` returns promptly even with hanging requests.
-    ``clock`` times the request log, the rate limit and the ``stall`` window; ``wall_clock``
-    stamps receipts.
+    ``clock`` times the request log, the rate limit, the spike arrest and the ``stall``
+    window; ``wall_clock`` stamps receipts and decides the quota's UTC day (and midnight).
     """
 
     def __init__(
@@ -459,11 +580,15 @@ class EmulatedApi(StandInServer):
         record_items: bool = True,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        daily_quota: int | None = None,
+        spike_rps: float | None = None,
     ) -> None:
+        """Raises ValueError for a bad limit (``daily_quota`` < 0, ``spike_rps`` <= 0...)."""
         if max_body_bytes is not None and max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be > 0, got {max_body_bytes}")
         if rate_limit_rps is not None and rate_limit_rps <= 0:
             raise ValueError(f"rate_limit_rps must be > 0, got {rate_limit_rps}")
+        quota = _Quota(daily_quota, spike_rps, clock, wall_clock)  # validated before binding
         super().__init__(host=host, port=port)
         self.api_id, self.api_secret = api_id, api_secret
         self.max_body_bytes, self.rate_limit_rps = max_body_bytes, rate_limit_rps
@@ -471,6 +596,7 @@ class EmulatedApi(StandInServer):
         self.record_items = record_items
         self._clock, self._wall_clock = clock, wall_clock
         self._stopping = threading.Event()
+        self._quota = quota
         self._set_faults_locked(faults or Faults())
         self._clear_records_locked()
 
@@ -497,10 +623,44 @@ class EmulatedApi(StandInServer):
             self._set_faults_locked(faults)
 
     def reset(self) -> None:
-        """Clear recorded items, the request log, stats, rate-limit state and faults."""
+        """Clear recorded items, the request log, stats, rate-limit state, faults and today's
+        quota count (the quota's limits stay)."""
         with self._lock:
             self._clear_records_locked()
+            self._quota.clear()
             self._set_faults_locked(Faults())
+
+    def set_quota(
+        self,
+        *,
+        daily_quota: int | Literal[Keep.KEEP] | None = Keep.KEEP,
+        spike_rps: float | Literal[Keep.KEEP] | None = Keep.KEEP,
+        used: int | None = None,
+    ) -> None:
+        """Change the quota's limits (None switches one off; omitted ones stay) and, with
+        ``used``, say how many requests were already spent today. Raises ValueError."""
+        with self._lock:
+            quota = self._quota
+            new_daily = quota.daily_quota if daily_quota is Keep.KEEP else daily_quota
+            new_spike = quota.spike_rps if spike_rps is Keep.KEEP else spike_rps
+            if new_daily is not None and not isinstance(new_daily, int):
+                raise ValueError(f"daily_quota must be an integer or null, got {new_daily!r}")
+            if new_spike is not None and not isinstance(new_spike, int | float):
+                raise ValueError(f"spike_rps must be a number or null, got {new_spike!r}")
+            if used is not None:
+                quota.set_used(used)  # validated first: a bad call changes nothing
+            quota.configure(new_daily, None if new_spike is None else float(new_spike))
+
+    def quota(self) -> dict[str, Any]:
+        """``{"daily_quota", "spike_rps", "used" (admitted today), "day" (UTC), "refused"
+        ({"429-01": n, "429-02": n})}``."""
+        with self._lock:
+            return self._quota.to_dict()
+
+    def quota_used(self) -> int:
+        """Requests admitted today (UTC day of ``wall_clock``), ``used`` included."""
+        with self._lock:
+            return self._quota.used()
 
     def items(self, entity: Entity) -> list[Any]:
         """Accepted items of ``entity`` in arrival order (empty when ``record_items`` is off)."""
@@ -636,6 +796,16 @@ class EmulatedApi(StandInServer):
                 or h.headers.get("asapp-api-secret") != self.api_secret
             ):
                 return _Answer(401, _error_body(401), entity=entity), length
+            refused = self._quota.admit()
+            if refused is not None:
+                code, retry_after = refused
+                return _Answer(
+                    429,
+                    _error_body(429, code=code),
+                    headers=(("Retry-After", _retry_after_header(retry_after)),),
+                    entity=entity,
+                    fault="quota" if code == QUOTA_SPENT_CODE else "spike_arrest",
+                ), length
             if self._bucket is not None and not self._bucket.take():
                 return self._too_many(entity, fault=None), length
         return self._ingest(kind, entity, body, faults), length
@@ -897,10 +1067,21 @@ class EmulatedApi(StandInServer):
                 return _Answer(400, _error_body(400, str(exc)))
             self.set_faults(faults)
             return _Answer(200, _dumps(faults.to_dict()))
+        if route == ("GET", "quota"):
+            return _Answer(200, _dumps(self.quota()))
+        if route == ("POST", "quota"):
+            try:
+                raw = _loads(body or b"{}")
+                if not isinstance(raw, dict) or set(raw) - {"daily_quota", "spike_rps", "used"}:
+                    raise ValueError("quota: expected an object with daily_quota, spike_rps, used")
+                self.set_quota(**raw)
+            except (_JSONDecodeError, ValueError, TypeError) as exc:
+                return _Answer(400, _error_body(400, str(exc)))
+            return _Answer(200, _dumps(self.quota()))
         if route == ("POST", "reset"):
             self.reset()
             return _Answer(200, _dumps({"status": "reset"}))
-        known = {"health", "items", "receipts", "requests", "stats", "faults", "reset"}
+        known = {"health", "items", "receipts", "requests", "stats", "faults", "quota", "reset"}
         if name in known:
             return _Answer(405, _error_body(405, "Method Not Allowed"))
         return _Answer(404, _error_body(404))
@@ -921,6 +1102,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=None, help="413 above this size")
     p.add_argument("--rate-limit-rps", type=float, default=None, help="429 above this rate")
     p.add_argument("--retry-after", type=float, default=None, help="Retry-After (s) on 429s")
+    p.add_argument("--daily-quota", type=int, default=None, help="429-02 after N requests a day")
+    p.add_argument("--spike-rps", type=float, default=None, help="429-01 above N requests/s")
+    p.add_argument("--quota-used", type=int, default=0, help="requests already spent today")
     p.add_argument("--faults", default=None, help="fault config as JSON (see module docs)")
     p.add_argument("--count-only", action="store_true", help="record counts, not items")
     return p
@@ -941,7 +1125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             retry_after_s=args.retry_after,
             faults=faults,
             record_items=not args.count_only,
+            daily_quota=args.daily_quota,
+            spike_rps=args.spike_rps,
         )
+        if args.quota_used:
+            api.set_quota(used=args.quota_used)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -615,3 +615,154 @@ def test_receipts_log_each_accepted_item_in_acceptance_order_with_wall_time() ->
     assert bad == 400
     api.reset()
     assert api.receipts() == []
+
+
+# ---- the account's quota: daily quota and spike arrest ------------------------------------------
+
+#: 2026-12-01 23:59:00 UTC: one minute to midnight.
+BEFORE_MIDNIGHT = 1_796_169_540.0
+
+
+def quota_api(wall: list[float], mono: list[float], **kw: Any) -> EmulatedApi:
+    return EmulatedApi(
+        api_id="id-1",
+        api_secret="secret-1",
+        clock=lambda: mono[0],
+        wall_clock=lambda: wall[0],
+        **kw,
+    )
+
+
+def test_daily_quota_refuses_with_429_02_until_midnight_then_counts_again() -> None:
+    wall, mono = [BEFORE_MIDNIGHT], [0.0]
+    with (
+        quota_api(wall, mono, daily_quota=3) as api,
+        httpx.Client(base_url=api.url, headers=AUTH) as c,
+    ):
+        # every endpoint and every client draws on the same count
+        first = [
+            c.post(MANY_AGENT, json=agents("a1")).status_code,
+            c.post(SINGLE.format("convo"), json=CONVO["items"][0]).status_code,
+        ]
+        with httpx.Client(base_url=api.url, headers=AUTH) as other:
+            first.append(other.post(MANY_CONVO, json=CONVO).status_code)
+        spent = c.post(MANY_AGENT, json=agents("a2"))
+        wall[0] += 30.0
+        still = c.post(MANY_AGENT, json=agents("a2"))
+        assert api.quota()["refused"] == {"429-02": 2}
+        wall[0] += 31.0  # 00:00:01 the next day
+        next_day = c.post(MANY_AGENT, json=agents("a3"))
+        used_next_day = api.quota_used()
+    assert first == [200, 200, 200]
+    assert (spent.status_code, error_code(spent)) == (429, "429-02")
+    assert spent.headers["retry-after"] == "60"
+    assert still.headers["retry-after"] == "30"
+    assert next_day.status_code == 200
+    assert used_next_day == 1
+    assert api.accepted_count(Entity.AGENT) == 2  # refused requests ingest nothing
+
+
+def test_spike_arrest_refuses_above_n_within_any_second_with_429_01() -> None:
+    wall, mono = [BEFORE_MIDNIGHT - 3600], [10.0]
+    with (
+        quota_api(wall, mono, spike_rps=3) as api,
+        httpx.Client(base_url=api.url, headers=AUTH) as c,
+    ):
+        burst = []
+        for dt in (0.0, 0.3, 0.6, 0.9):
+            mono[0] = 10.0 + dt
+            burst.append(c.post(MANY_AGENT, json=agents("a1")))
+        mono[0] = 11.0  # the request at 10.0 left the window; 10.3 and 10.6 are still in it
+        after_one = c.post(MANY_AGENT, json=agents("a1"))
+        mono[0] = 11.05
+        crowded = c.post(MANY_AGENT, json=agents("a1"))
+        mono[0] = 12.0
+        later = c.post(MANY_AGENT, json=agents("a1"))
+    assert [r.status_code for r in burst] == [200, 200, 200, 429]
+    assert error_code(burst[3]) == "429-01"
+    assert burst[3].headers["retry-after"] == "1"
+    assert (after_one.status_code, crowded.status_code, later.status_code) == (200, 429, 200)
+    assert api.quota()["refused"] == {"429-01": 2}
+    assert api.quota_used() == 5
+
+
+@pytest.mark.parametrize(
+    ("used", "statuses"),
+    [
+        pytest.param(0, [200, 200], id="fresh"),
+        pytest.param(9, [200, 429], id="one-left"),
+        pytest.param(10, [429, 429], id="already-spent"),
+        pytest.param(25, [429, 429], id="overspent-by-others"),
+    ],
+)
+def test_set_quota_used_says_what_was_already_spent(used: int, statuses: list[int]) -> None:
+    wall, mono = [BEFORE_MIDNIGHT - 7200], [0.0]
+    with (
+        quota_api(wall, mono, daily_quota=10) as api,
+        httpx.Client(base_url=api.url, headers=AUTH) as c,
+    ):
+        api.set_quota(used=used)
+        got = [c.post(MANY_AGENT, json=agents("a1")).status_code for _ in range(2)]
+    assert got == statuses
+    assert api.quota_used() == max(used, min(used + 2, 10))
+
+
+def test_quota_control_endpoint_sets_reads_and_reset_clears_the_count() -> None:
+    wall, mono = [BEFORE_MIDNIGHT], [0.0]
+    with quota_api(wall, mono) as api, httpx.Client(base_url=api.url, headers=AUTH) as c:
+        unlimited = c.get("/_emulator/quota").json()
+        set_answer = c.post("/_emulator/quota", json={"daily_quota": 5, "used": 5, "spike_rps": 50})
+        refused = c.post(MANY_AGENT, json=agents("a1"))
+        off = c.post("/_emulator/quota", json={"daily_quota": None})  # spike_rps stays
+        allowed = c.post(MANY_AGENT, json=agents("a1"))
+        bad = [
+            c.post("/_emulator/quota", json={"daily_quota": -1}),
+            c.post("/_emulator/quota", json={"spike_rps": 0}),
+            c.post("/_emulator/quota", json={"used": "many"}),
+            c.post("/_emulator/quota", json={"limit": 3}),
+            c.post("/_emulator/quota", content=b"[1]"),
+        ]
+        after_bad = api.quota()
+        c.post("/_emulator/reset")
+        after_reset = api.quota()
+    assert unlimited == {
+        "daily_quota": None,
+        "spike_rps": None,
+        "used": 0,
+        "day": "2026-12-01",
+        "refused": {},
+    }
+    assert set_answer.status_code == 200
+    assert set_answer.json()["daily_quota"] == 5 and set_answer.json()["used"] == 5
+    assert (refused.status_code, error_code(refused)) == (429, "429-02")
+    assert off.json()["daily_quota"] is None and off.json()["spike_rps"] == 50.0
+    assert allowed.status_code == 200
+    assert [r.status_code for r in bad] == [400] * 5
+    assert after_bad["used"] == 6 and after_bad["spike_rps"] == 50.0  # bad calls changed nothing
+    assert after_reset["used"] == 0 and after_reset["refused"] == {}
+    assert after_reset["spike_rps"] == 50.0  # reset keeps the limits
+
+
+def test_quota_counts_only_admitted_authenticated_requests(api: EmulatedApi) -> None:
+    api.set_quota(daily_quota=100)
+    with httpx.Client(base_url=api.url) as anonymous:
+        assert anonymous.post(MANY_AGENT, json=agents("a1")).status_code == 401
+    api.set_faults(Faults(sequence=steps(503)))
+    with httpx.Client(base_url=api.url, headers=AUTH) as c:
+        assert c.post(MANY_AGENT, json=agents("a1")).status_code == 503
+        assert c.post(MANY_AGENT, json=agents("a1")).status_code == 200
+    assert api.quota_used() == 1
+    assert len(api.requests()) == 3  # the request log still has every request
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({"daily_quota": -1}, id="negative-quota"),
+        pytest.param({"spike_rps": 0}, id="zero-spike"),
+        pytest.param({"spike_rps": -5.0}, id="negative-spike"),
+    ],
+)
+def test_bad_quota_limits_are_refused_at_construction(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"daily_quota|spike_rps"):
+        EmulatedApi(**kwargs)
