@@ -33,6 +33,11 @@ class Validator(Protocol):
         for any item shape."""
         ...
 
+    def encode(self, item: Mapping[str, Any]) -> bytes:
+        """The valid item's compact JSON; raises :class:`~consumer.errors.ValidationError`
+        (with the :meth:`error` reason, or why JSON cannot carry it) and nothing else."""
+        ...
+
 
 class Mapper(Protocol):
     def __call__(
