@@ -76,16 +76,33 @@ class Batcher:
             closed.append(self._close(item.entity, "bytes"))
         return closed
 
-    def due(self, may_close: Callable[[Entity], bool] | None = None) -> list[Batch]:
-        """Close and return every batch whose linger window has passed (and, with
-        ``may_close``, whose entity it allows: the others keep filling)."""
+    def due(
+        self,
+        may_close: Callable[[Entity], bool] | None = None,
+        *,
+        limit: int | None = None,
+        max_wait_s: float | None = None,
+    ) -> list[Batch]:
+        """Close and return the batches whose linger window has passed, oldest first.
+
+        ``may_close`` (by entity) keeps the others filling; ``limit`` caps how many close
+        (pacing), except that a batch open for ``max_wait_s`` or more always closes."""
         now = self._clock()
-        expired = [
-            e
+        expired = sorted(
+            (b.opened_at, e)
             for e, b in self._open.items()
             if now - b.opened_at >= self.linger_s and (may_close is None or may_close(e))
-        ]
-        return [self._close(e, "linger") for e in expired]
+        )
+        closing: list[Entity] = []
+        for opened_at, entity in expired:
+            overdue = max_wait_s is not None and now - opened_at >= max_wait_s
+            if limit is None or overdue or len(closing) < limit:
+                closing.append(entity)
+        return [self._close(e, "linger") for e in closing]
+
+    def now(self) -> float:
+        """The batcher's clock."""
+        return self._clock()
 
     def replace(self, item: Item) -> Item | None:
         """If the open batch of ``item``'s entity holds a version of the same key, put
@@ -127,6 +144,9 @@ class Batcher:
     def flush(self, reason: str) -> list[Batch]:
         """Close every open batch with ``reason`` (``revoke``, ``shutdown``)."""
         return [self._close(e, reason) for e in list(self._open)]
+
+    def open_batches(self) -> int:
+        return len(self._open)
 
     def open_items(self) -> int:
         return sum(len(b.items) for b in self._open.values())

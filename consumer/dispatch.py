@@ -51,6 +51,7 @@ class Dispatcher:
         self.sender = sender
         self.coalesce = coalesce
         self._superseded = metrics.items_superseded
+        self._waited = metrics.batch_wait
         self._inflight: dict[int, InFlight] = {}
         self._busy: dict[Key, int] = {}  # key → in-flight batches holding a version of it
         self._deferred: dict[Key, deque[Item]] = {}
@@ -84,10 +85,18 @@ class Dispatcher:
         older.superseded = []
         self._superseded.labels(newer.entity.value).inc()
 
-    def send_due(self) -> None:
-        """Send every lingering batch whose entity lane could take it now."""
-        for batch in self.batcher.due(self.sender.has_capacity):
+    def send_due(self, *, limit: int | None = None, max_wait_s: float | None = None) -> int:
+        """Send the lingering batches whose entity lane could take one now, oldest first, at
+        most ``limit`` (pacing) but always those open ``max_wait_s`` or more. Returns how many
+        were sent."""
+        batches = self.batcher.due(self.sender.has_capacity, limit=limit, max_wait_s=max_wait_s)
+        now = self.batcher.now()
+        for batch in batches:
+            self._waited.labels(batch.entity.value).observe(
+                max(0.0, now - batch.opened_at - self.batcher.linger_s)
+            )
             self._submit(batch)
+        return len(batches)
 
     def flush(self, reason: str) -> None:
         """Send every open batch now (revoke, shutdown). Deferred items stay deferred: they
@@ -154,6 +163,11 @@ class Dispatcher:
         if tps is None:
             return not self._inflight
         return not any(f.partitions & tps for f in self._inflight.values())
+
+    def demand(self) -> float:
+        """Requests this pod wants to send: open batches plus batches in flight (published to
+        the request ledger, so the group's budget follows demand)."""
+        return float(self.batcher.open_batches() + len(self._inflight))
 
     def deferred_count(self) -> int:
         return sum(len(q) for q in self._deferred.values())

@@ -192,6 +192,36 @@ class Metrics:
         self.last_delivery = gauge(
             "last_delivery_timestamp_seconds", "Unix time of the last accepted item."
         )
+        self.quota_used = gauge(
+            "quota_requests_used_today",
+            "The consumer group's API requests since 00:00 UTC, from the request ledger.",
+        )
+        self.quota_remaining = gauge(
+            "quota_requests_remaining",
+            "Requests the group may still send today (quota minus used minus QUOTA_RESERVE).",
+        )
+        self.quota_sustainable_rps = gauge(
+            "quota_sustainable_rps",
+            "The group's sustainable request rate: remaining requests / seconds to 00:00 UTC.",
+        )
+        self.quota_share = gauge(
+            "quota_share", "This pod's share of the group's request rates (follows demand)."
+        )
+        self.quota_exhausted = gauge(
+            "quota_exhausted",
+            "1 while the daily quota is spent (ledger) or ASAPP keeps answering 429: sending "
+            "stopped until 00:00 UTC or the backoff ends.",
+        )
+        self.quota_ledger_fallback = gauge(
+            "quota_ledger_fallback",
+            "1 while the request ledger cannot be read or written (pacing on a safe share).",
+        )
+        self.batch_wait = histogram(
+            "batch_wait_seconds",
+            "Time a batch waited past its linger window for its turn (pacing, busy lanes).",
+            ("entity",),
+            _LATENCY_BUCKETS,
+        )
         self.requests_today = gauge(
             "requests_today", "API requests sent since 00:00 UTC (daily quota use)."
         )

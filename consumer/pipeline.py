@@ -53,6 +53,7 @@ from consumer.offsets import OffsetTracker
 from consumer.outbox import DeadLetterOutbox
 from consumer.pauses import Pauses
 from consumer.ports import DeadLetters, Decoder, Mapper, SenderLike, Source, Validator
+from consumer.quota import Pacer
 from consumer.records import Completion, DeadLetter, Entity, Item, Message, TopicPartition
 
 __all__ = ["Decoder", "Pipeline", "PipelineConfig"]
@@ -75,6 +76,7 @@ class PipelineConfig:
     consume_batch: int = 500
     retry_max_backoff_s: float = 60.0
     coalesce: bool = False
+    max_wait_s: float | None = None  # a lingering batch this old is sent whatever the pacing
 
 
 class Pipeline:
@@ -92,9 +94,11 @@ class Pipeline:
         validators: Mapping[Entity, Validator],
         mapper: Mapper,
         metrics: Metrics,
+        pacer: Pacer | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self.pacer = pacer
         self.source = source
         self.sender = sender
         self.metrics = metrics
@@ -188,7 +192,7 @@ class Pipeline:
         self._drain_completions()
         self.outbox.poll()
         self._retry_held()
-        self.dispatch.send_due()
+        self._send_due()
         self._update_pauses()
         self.committer.when_due()
 
@@ -461,11 +465,25 @@ class Pipeline:
             self.last_iteration = self.clock()
 
     # ------------------------------------------------------------------ pauses
+    def _send_due(self) -> None:
+        """Send the lingering batches the request budget allows now (all, without a pacer):
+        the others keep filling, so requests get fuller exactly when the budget is tight."""
+        pacer = self.pacer
+        if pacer is None:
+            self.dispatch.send_due()
+            return
+        pacer.refresh(demand=self.dispatch.demand())
+        limit = pacer.linger_allowance()
+        sent = self.dispatch.send_due(limit=limit, max_wait_s=self.config.max_wait_s)
+        if limit is not None:
+            pacer.spent_linger(sent)
+
     def _update_pauses(self) -> None:
         pending, pending_bytes = self.tracker.pending_count(), self.tracker.pending_bytes()
+        walled = self.assigned if self.pacer is not None and self.pacer.exhausted else set()
         self.pauses.update(
             self.assigned,
-            self.holds.partitions() | self.outbox.blocked() | self.dispatch.retrying(),
+            self.holds.partitions() | self.outbox.blocked() | self.dispatch.retrying() | walled,
             pending=pending,
             pending_bytes=pending_bytes,
         )

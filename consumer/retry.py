@@ -171,12 +171,25 @@ class Throttle:
         self.rate_rps = rate_rps
         # A burst of one second's worth would let N threads fire at once after an idle spell;
         # cap it so the spike stays well under the server's per-second limit.
+        self._burst_cap = burst if burst is not None else 10.0
         self.burst = burst if burst is not None else max(1.0, min(rate_rps, 10.0))
         self._clock = clock
         self._lock = threading.Lock()
         self._tokens = self.burst
         self._stamp = clock()
         self.gate = Gate(clock)
+
+    def set_rate(self, rate_rps: float) -> None:
+        """Change the request rate (the pacer's share of the group's budget); tokens already
+        saved stay, up to the burst of the new rate."""
+        rate_rps = max(rate_rps, 0.001)
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate_rps)
+            self._stamp = now
+            self.rate_rps = rate_rps
+            self.burst = max(1.0, min(rate_rps, self._burst_cap))
+            self._tokens = min(self._tokens, self.burst)
 
     def now(self) -> float:
         """The throttle's clock: the ``sent_at`` of a request that just passed :meth:`acquire`."""

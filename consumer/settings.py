@@ -60,6 +60,10 @@ ENV_VARS: frozenset[str] = frozenset(
         "BATCH_COALESCE",
         "RATE_LIMIT_RPS",
         "DAILY_REQUEST_QUOTA",
+        "QUOTA_TOPIC",
+        "QUOTA_RESERVE",
+        "QUOTA_MAX_WAIT_S",
+        "QUOTA_PACING",
         "HTTP_TIMEOUT_S",
         "RETRY_MAX_BACKOFF_S",
         "MALFORMED_RESPONSE_MAX_ATTEMPTS",
@@ -273,6 +277,13 @@ class Settings:
     batch_coalesce: bool = False
     rate_limit_rps: float = 90.0
     daily_request_quota: int = 50_000
+    #: The consumer group's request ledger (a compacted topic): one budget for every pod.
+    quota_topic: str = "asapp.metadata.quota"
+    #: Requests kept for replays and other clients of the account (default 5 % of the quota).
+    quota_reserve: int = 2_500
+    #: The longest an event should wait for its request when the quota is tight.
+    quota_max_wait_s: float = 60.0
+    quota_pacing: bool = True
     http_timeout_s: float = 30.0
     retry_max_backoff_s: float = 60.0
     malformed_response_max_attempts: int = 5
@@ -344,6 +355,10 @@ class Settings:
         def read(fn: Callable[[], _T], fallback: _T) -> _T:
             return _collect(problems, fn, fallback)
 
+        quota = read(lambda: _int(env, "DAILY_REQUEST_QUOTA", 50_000, lo=0), 0)
+        quota_topic = env.get("QUOTA_TOPIC", "").strip() or "asapp.metadata.quota"
+        if quota_topic in seen or quota_topic == dlq_topic:
+            problems.append(f"QUOTA_TOPIC={quota_topic!r} is also a source or dead-letter topic")
         api_default = "https://api.sandbox.asapp.com"
         settings = cls(
             bootstrap_servers=read(
@@ -386,7 +401,13 @@ class Settings:
             ),
             batch_coalesce=read(lambda: _bool(env, "BATCH_COALESCE", False), False),
             rate_limit_rps=read(lambda: _float(env, "RATE_LIMIT_RPS", 90.0, lo=0.01), 0.0),
-            daily_request_quota=read(lambda: _int(env, "DAILY_REQUEST_QUOTA", 50_000, lo=0), 0),
+            daily_request_quota=quota,
+            quota_topic=quota_topic,
+            quota_reserve=read(
+                lambda: _int(env, "QUOTA_RESERVE", quota // 20, lo=0, hi=max(quota, 0)), 0
+            ),
+            quota_max_wait_s=read(lambda: _float(env, "QUOTA_MAX_WAIT_S", 60.0, lo=1.0), 60.0),
+            quota_pacing=read(lambda: _bool(env, "QUOTA_PACING", True), True),
             http_timeout_s=read(lambda: _float(env, "HTTP_TIMEOUT_S", 30.0, lo=0.1), 0.0),
             retry_max_backoff_s=read(lambda: _float(env, "RETRY_MAX_BACKOFF_S", 60.0, lo=0.1), 0.0),
             malformed_response_max_attempts=read(

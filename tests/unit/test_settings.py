@@ -230,6 +230,10 @@ DISTINCT = {
     "BATCH_COALESCE": "true",
     "RATE_LIMIT_RPS": "7.5",
     "DAILY_REQUEST_QUOTA": "99",
+    "QUOTA_TOPIC": "quota-x",
+    "QUOTA_RESERVE": "7",
+    "QUOTA_MAX_WAIT_S": "12.5",
+    "QUOTA_PACING": "false",
     "HTTP_TIMEOUT_S": "4.5",
     "RETRY_MAX_BACKOFF_S": "8.5",
     "MALFORMED_RESPONSE_MAX_ATTEMPTS": "9",
@@ -350,3 +354,18 @@ def test_config_warnings(extra: dict[str, str], fragments: list[str]) -> None:
     assert len(warnings) == (1 if fragments else 0)
     for fragment in fragments:
         assert fragment in warnings[0]
+
+
+def test_quota_reserve_defaults_to_five_percent_of_the_quota() -> None:
+    assert Settings.from_env(env(DAILY_REQUEST_QUOTA="10000")).quota_reserve == 500
+    assert Settings.from_env(env(DAILY_REQUEST_QUOTA="10000", QUOTA_RESERVE="0")).quota_reserve == 0
+
+
+def test_quota_reserve_above_the_quota_is_refused() -> None:
+    with pytest.raises(ConfigError, match="QUOTA_RESERVE"):
+        Settings.from_env(env(DAILY_REQUEST_QUOTA="100", QUOTA_RESERVE="101"))
+
+
+def test_quota_topic_must_not_be_a_source_or_dead_letter_topic() -> None:
+    with pytest.raises(ConfigError, match="QUOTA_TOPIC"):
+        Settings.from_env(env(QUOTA_TOPIC="asapp.metadata.dlq"))

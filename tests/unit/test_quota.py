@@ -1,0 +1,186 @@
+"""The request budget: the pure policy as a table, then the real pacer and batcher over
+simulated spans of a day (a fake clock; nothing sleeps)."""
+
+from __future__ import annotations
+
+import pytest
+
+from consumer.quota import (
+    MemberRecord,
+    QuotaPolicy,
+    budget,
+    group_usage,
+    seconds_to_midnight,
+    utc_day,
+)
+from tests.quota_sim import Profile, business_hours, simulate, trickle
+
+MIDNIGHT = 1_796_083_200.0  # 2026-12-01 00:00 UTC
+POLICY = QuotaPolicy(
+    daily_quota=50_000,
+    reserve=2_500,
+    max_wait_s=60.0,
+    rate_limit_rps=90.0,
+    linger_s=1.0,
+    entities=3,
+)
+
+
+def member(
+    pod: str, requests: int, demand: float = 1.0, ts: float = MIDNIGHT + 3600
+) -> MemberRecord:
+    return MemberRecord(pod, utc_day(ts), requests, demand, ts)
+
+
+def test_day_arithmetic() -> None:
+    assert utc_day(MIDNIGHT) == "2026-12-01"
+    assert utc_day(MIDNIGHT - 1) == "2026-11-30"
+    assert seconds_to_midnight(MIDNIGHT + 3600) == 82_800
+    assert seconds_to_midnight(MIDNIGHT) == 86_400
+
+
+def test_usage_sums_every_pod_of_the_day_including_vanished_ones() -> None:
+    members = {
+        "old": member("old", 700, demand=0, ts=MIDNIGHT + 60),  # crashed an hour ago
+        "me": member("me", 5),
+        "other": member("other", 300),
+        "yesterday": MemberRecord("yesterday", "2026-11-30", 9_999, 0.0, MIDNIGHT - 10),
+    }
+    assert group_usage(members, me="me", day="2026-12-01", my_requests=10) == 1_010
+
+
+@pytest.mark.parametrize(
+    "now, used, demand, others, expect",
+    [
+        pytest.param(
+            MIDNIGHT + 3600,
+            0,
+            1.0,
+            {},
+            dict(tight=True, backlog=True, exhausted=False),
+            id="morning-trickle-is-tight-but-a-backlog-may-spend",
+        ),
+        pytest.param(
+            MIDNIGHT + 23 * 3600,
+            0,
+            1.0,
+            {},
+            dict(tight=False, exhausted=False),
+            id="plenty-late-in-the-day-latency-stays-at-the-linger",
+        ),
+        pytest.param(
+            MIDNIGHT + 3600,
+            47_000,
+            1.0,
+            {},
+            dict(tight=True, backlog=False, exhausted=False),
+            id="little-left-everything-paced",
+        ),
+        pytest.param(
+            MIDNIGHT + 3600, 47_500, 1.0, {}, dict(exhausted=True), id="reserve-reached-is-the-wall"
+        ),
+    ],
+)
+def test_budget_table(
+    now: float, used: int, demand: float, others: dict[str, MemberRecord], expect: dict[str, bool]
+) -> None:
+    b = budget(POLICY, me="me", my_requests=used, my_demand=demand, members=others, now_unix=now)
+    assert b.remaining == POLICY.daily_quota - POLICY.reserve - used
+    assert b.sustainable_rps == pytest.approx(max(0, b.remaining) / seconds_to_midnight(now))
+    if "tight" in expect:
+        assert b.tight is expect["tight"]
+        assert (b.linger_rps is not None) is expect["tight"]
+    if "backlog" in expect:
+        assert (b.rps == pytest.approx(POLICY.rate_limit_rps)) is expect["backlog"]
+    assert b.exhausted is expect["exhausted"]
+
+
+def test_shares_follow_demand_and_an_idle_pod_holds_none() -> None:
+    now = MIDNIGHT + 3600
+    others = {"busy": member("busy", 100, demand=3.0, ts=now - 1)}
+    idle = budget(POLICY, me="me", my_requests=0, my_demand=0.0, members=others, now_unix=now)
+    busy = budget(POLICY, me="me", my_requests=0, my_demand=1.0, members=others, now_unix=now)
+    assert idle.share == 0.0
+    assert busy.share == pytest.approx(0.25)
+    assert busy.rps == pytest.approx(90.0 * 0.25)
+    assert busy.live_pods == 2
+
+
+def test_a_silent_pod_counts_its_requests_but_holds_no_share() -> None:
+    now = MIDNIGHT + 7200
+    others = {"gone": member("gone", 1_000, demand=5.0, ts=now - 600)}
+    b = budget(POLICY, me="me", my_requests=10, my_demand=1.0, members=others, now_unix=now)
+    assert b.used == 1_010
+    assert b.share == 1.0
+
+
+def test_without_the_ledger_the_safe_share_and_the_last_known_usage_apply() -> None:
+    b = budget(
+        POLICY,
+        me="me",
+        my_requests=10,
+        my_demand=1.0,
+        members=None,
+        now_unix=MIDNIGHT + 3600,
+        fallback_share=0.5,
+        others_used=990,
+    )
+    assert b.fallback and b.share == 0.5 and b.used == 1_000
+    assert b.rps == pytest.approx(45.0)
+
+
+def test_no_daily_quota_means_only_the_spike_limit() -> None:
+    policy = QuotaPolicy(0, 0, 60.0, 90.0, 1.0, 3)
+    b = budget(policy, me="me", my_requests=10**6, my_demand=1.0, members={}, now_unix=MIDNIGHT)
+    assert not b.exhausted and b.linger_rps is None and b.rps == 90.0
+
+
+# --------------------------------------------------------------------------- simulated spans
+def test_a_trickle_on_two_pods_stays_within_the_sustainable_rate_with_full_requests() -> None:
+    # the issue's measurement: 2 events/s per entity, two pods, a quota allowing 0.2 req/s
+    allowed_rps = 0.2
+    quota = round(allowed_rps * 86_400 / 0.95)  # 5 % of it is the reserve
+    r = simulate(Profile("trickle", trickle(2.0)), pods=2, quota=quota, hours=1.0)
+    assert r.requests / 3600 <= 1.2 * allowed_rps
+    assert r.requests / 3600 >= 0.8 * allowed_rps  # it spends what is there
+    assert r.items_per_request >= 20
+    assert r.wait(1.0) <= 60.0 + 1.0 + 0.5
+    assert not r.wall_hit
+
+
+def test_with_plenty_of_quota_latency_stays_at_the_linger() -> None:
+    r = simulate(
+        Profile("trickle", trickle(2.0)), pods=1, quota=50_000, start_s=23 * 3600, hours=0.5
+    )
+    assert r.wait(0.99) <= 1.0 + 0.5
+    assert r.items_per_request >= 1.5
+
+
+def test_a_backlog_spends_the_backlog_allowance_at_the_spike_rate() -> None:
+    profile = Profile("backfill", trickle(0.0), bursts={9 * 3600.0: 200_000})
+    r = simulate(profile, pods=3, quota=50_000, start_s=9 * 3600, hours=0.25)
+    assert r.items == 600_000
+    assert r.items_per_request >= 990
+    assert r.wait(1.0) < 60  # 600 requests at up to 90/s: drained in well under a minute
+
+
+def test_the_wall_stops_every_request_until_midnight() -> None:
+    r = simulate(
+        Profile("trickle", trickle(2.0)), pods=2, quota=10_000, used_before=9_500, hours=0.2
+    )
+    assert r.wall_hit
+    assert r.requests == 0
+
+
+def test_never_above_the_budget_in_any_minute_over_business_hours() -> None:
+    quota = 10_000
+    r = simulate(
+        Profile("business", business_hours(peak=20.0, night=0.5)),
+        pods=3,
+        quota=quota,
+        start_s=8 * 3600,
+        hours=2.0,
+    )
+    sustainable_per_min = (quota * 0.95) / (16 * 3600) * 60
+    assert r.per_minute_max <= 3 * sustainable_per_min + 3  # shares, bursts of one per pod
+    assert r.requests <= 2 * 3600 * (quota * 0.95) / (16 * 3600) * 1.2
