@@ -9,6 +9,8 @@ Commands:
 - ``check``: configuration and connectivity report (:mod:`consumer.check`).
 - ``demo``: local broker + emulated API + sample events, runs the service until everything is
   delivered or dead-lettered, prints a summary (no Docker, no network).
+- ``quota``: the group's requests used today, remaining and the projection, from the quota
+  ledger (:mod:`consumer.quota_report`).
 - ``dlq inspect``: counts and samples of the dead letters (:mod:`consumer.inspect_dlq`).
 - ``dlq replay``: re-publish dead-lettered records to their source topics (dry run by default).
 - ``emulate-api``: the emulated ASAPP Metadata Ingestion API (sandbox).
@@ -175,6 +177,28 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--since", help="ISO-8601 time: dead-lettered at or after")
     replay.add_argument("--until", help="ISO-8601 time: dead-lettered before")
     replay.add_argument("--limit", type=int, default=0, help="replay at most N (0: all)")
+    quota = sub.add_parser(
+        "quota",
+        help="the group's API requests used today, remaining, and when the quota runs out",
+        description=(
+            "Read the quota ledger (QUOTA_TOPIC, default asapp.metadata.quota) without writing "
+            "to it and print today's (UTC) requests used by the group's pods (KAFKA_GROUP_ID), "
+            "what remains of DAILY_REQUEST_QUOTA, each pod's count and last update, and when "
+            "the quota runs out at the average rate since 00:00 UTC. Sends no API request."
+        ),
+        formatter_class=_RAW,
+        epilog=_epilog(
+            "  metadata-consumer quota\n"
+            "  KAFKA_GROUP_ID=asapp-metadata-consumer metadata-consumer quota --json",
+            "  0  report printed\n"
+            "  1  the ledger could not be read (missing topic, broker unreachable)\n"
+            "  2  configuration or usage error",
+        ),
+    )
+    quota.add_argument("--json", action="store_true", help="print the report as JSON")
+    quota.add_argument(
+        "--timeout-s", type=float, default=10.0, help="bound of the ledger read (default 10)"
+    )
     sub.add_parser(
         "emulate-api", help="run the emulated ASAPP API (see emulate-api --help)", add_help=False
     )
@@ -245,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout_s=args.timeout_s,
             hold_s=args.hold_s,
         )
+    if args.command == "quota":
+        from consumer import quota_report
+
+        return quota_report.main(args)
     if args.dlq_command == "inspect":
         from consumer import inspect_dlq
 

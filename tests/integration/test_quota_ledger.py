@@ -6,12 +6,18 @@ created (and reports them back), so the ledger topic is created here as it is in
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.kafka import QuotaLedger, ledger_key
@@ -163,3 +169,61 @@ def test_a_ledger_not_read_for_longer_than_stale_after_gives_none(
 
 def test_keys_name_group_day_and_pod() -> None:
     assert ledger_key("g", "2026-12-01", "pod-1") == b"g|2026-12-01|pod-1"
+
+
+def run_quota_command(bootstrap: str, group: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m consumer quota ARGS`` configured only through its environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "QUOTA_", "DAILY_"))}
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        KAFKA_GROUP_ID=group,
+        QUOTA_TOPIC="asapp.metadata.quota",
+        DAILY_REQUEST_QUOTA="1000",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "consumer", "quota", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_quota_command_prints_the_sum_of_two_pods(broker: LocalBroker, ledgers: Ledgers) -> None:
+    """``metadata-consumer quota --json`` as a subprocess, after two ledgers published."""
+    topic = "asapp.metadata.quota"  # the default: what the command reads without QUOTA_TOPIC
+    try:
+        create_ledger_topic(broker.bootstrap_servers, topic)
+    except KafkaException as exc:
+        assert "TOPIC_ALREADY_EXISTS" in str(exc)
+    group = f"g-report-{uuid.uuid4().hex[:6]}"
+    a, b = ledgers(group, "pod-a", topic), ledgers(group, "pod-b", topic)
+    a.publish(record("pod-a", 120))
+    b.publish(record("pod-b", 80))
+    wait_until(lambda: pods_seen(a) == {"pod-a": 120, "pod-b": 80}, 20, "both records")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "QUOTA_", "DAILY_"))}
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
+        KAFKA_GROUP_ID=group,
+        QUOTA_TOPIC=topic,
+        DAILY_REQUEST_QUOTA="1000",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "consumer", "quota", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["used"], report["remaining"], report["quota"]) == (200, 800, 1000)
+    assert [(p["pod"], p["requests"]) for p in report["pods"]] == [("pod-a", 120), ("pod-b", 80)]
+    assert report["topic"] == topic
+
+
+def test_quota_command_without_the_ledger_topic_exits_1(tmp_path: Path) -> None:
+    with LocalBroker(log_path=tmp_path / "broker.log") as empty:  # no topic at all
+        done = run_quota_command(empty.bootstrap_servers, "g-nobody", "--timeout-s", "10")
+    assert done.returncode == 1
+    assert "does not exist" in done.stderr and done.stdout == ""
