@@ -1,10 +1,10 @@
 """``metadata-consumer demo``: the whole service on this machine, no Docker, no network.
 
 Starts the local broker and the emulated ASAPP API (and, for ``--wire-format confluent``, the
-schema registry stand-in), creates the topics, produces realistic events for each entity (one
-in ``--bad-every`` deliberately bad, to show dead-lettering), runs the real service until every
-message is delivered or dead-lettered and committed, then prints a summary. Exit status 0 when
-every produced message is accounted for.
+schema registry stand-in), creates the topics (the quota ledger compacted), produces realistic
+events for each entity (one in ``--bad-every`` deliberately bad, to show dead-lettering), runs
+the real service until every message is delivered or dead-lettered and committed, then prints a
+summary. Exit status 0 when every produced message is accounted for.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaException
 from confluent_kafka import TopicPartition as KTopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from consumer import logs
 from consumer.records import Entity
@@ -29,6 +30,11 @@ from consumer.service import build_service, install_signal_handlers
 from consumer.settings import DEFAULT_TOPICS, Settings
 
 DLQ_TOPIC = "asapp.metadata.dlq"
+#: The quota ledger: the service's default QUOTA_TOPIC.
+QUOTA_TOPIC = "asapp.metadata.quota"
+#: The ledger's production configuration (consumer.kafka.QuotaLedger's docstring); the local
+#: broker accepts it on create.
+QUOTA_TOPIC_CONFIG = {"cleanup.policy": "compact,delete", "retention.ms": "172800000"}
 PARTITIONS = 3
 API_ID, API_SECRET = "demo-app", "demo-secret-value"
 
@@ -45,6 +51,18 @@ def committed_offsets(bootstrap: str, topics: list[str], group: str) -> dict[str
         }
     finally:
         probe.close()
+
+
+def create_quota_topic(bootstrap: str, timeout_s: float = 15.0) -> None:
+    """Create the compacted quota ledger topic (one partition; an existing one is fine)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topic = NewTopic(QUOTA_TOPIC, num_partitions=1, replication_factor=1, config=QUOTA_TOPIC_CONFIG)
+    for fut in admin.create_topics([topic], request_timeout=timeout_s).values():
+        try:
+            fut.result(timeout=timeout_s)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise RuntimeError(f"cannot create topic {QUOTA_TOPIC}: {exc}") from exc
 
 
 def count_dead_letters(bootstrap: str, idle_s: float = 1.0) -> dict[str, int]:
@@ -104,6 +122,7 @@ def run_demo(
         print(f"local broker on {bootstrap}; emulated ASAPP API on {api.url}")
         topics = list(DEFAULT_TOPICS.values())
         create_topics(bootstrap, [*topics, DLQ_TOPIC], partitions=PARTITIONS)
+        create_quota_topic(bootstrap)
         schema_ids = None
         if wire_format == "confluent":
             from consumer.sandbox.registry import SchemaRegistryStandIn
@@ -128,6 +147,7 @@ def run_demo(
             "ASAPP_API_ID": API_ID,
             "ASAPP_API_SECRET": API_SECRET,
             "DLQ_TOPIC": DLQ_TOPIC,
+            "QUOTA_TOPIC": QUOTA_TOPIC,
             "BATCH_LINGER_MS": "250",
             "METRICS_PORT": os.environ.get("METRICS_PORT", "0"),
             "LOG_FORMAT": "text",
