@@ -249,6 +249,10 @@ class Metrics:
                 self._requests_today = 0
             self._requests_today += 1
 
+    def requests_so_far_today(self) -> int:
+        """This pod's API requests since 00:00 UTC."""
+        return int(self._requests_so_far_today())
+
     def _requests_so_far_today(self) -> float:
         with self._quota_lock:
             return float(

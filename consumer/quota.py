@@ -24,6 +24,11 @@ from consumer.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+#: Consecutive 429 episodes (1 s, 2 s, 4 s, 8 s, 16 s of refusals) after which ASAPP is taken
+#: to refuse for the day although the ledger says we are under the quota (someone else on the
+#: account spent it): reported as exhausted while the sender backs off up to 15 minutes.
+REFUSED_EPISODES = 5
+
 #: Seconds in a UTC day.
 DAY_S = 86_400.0
 
@@ -191,6 +196,7 @@ class Pacer:
         wall: Callable[[], float] = time.time,
         refresh_s: float = 1.0,
         rng: random.Random | None = None,
+        limited_episodes: Callable[[], int] | None = None,
     ) -> None:
         self.policy = policy
         self.pod = pod
@@ -203,6 +209,7 @@ class Pacer:
         self._wall = wall
         self._refresh_s = refresh_s
         self._rng = rng or random.Random()
+        self._limited_episodes = limited_episodes
         self._next_refresh = 0.0
         self._others_used = 0  # last known, for when the ledger is unavailable
         self._live_pods = 1
@@ -305,5 +312,8 @@ class Pacer:
         m.quota_remaining.set(max(0, b.remaining))
         m.quota_sustainable_rps.set(b.sustainable_rps)
         m.quota_share.set(b.share)
-        m.quota_exhausted.set(1 if self.exhausted else 0)
+        refused = self._limited_episodes is not None and (
+            self._limited_episodes() >= REFUSED_EPISODES
+        )
+        m.quota_exhausted.set(1 if self.exhausted or refused else 0)
         m.quota_ledger_fallback.set(1 if b.fallback else 0)

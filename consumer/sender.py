@@ -73,6 +73,9 @@ from consumer.sink import ApiSink, Kind, Outcome
 
 log = logging.getLogger(__name__)
 
+#: Longest pause between 429 episodes (the quota wall someone else hit): 15 minutes.
+QUOTA_WALL_BACKOFF_CAP_S = 900.0
+
 #: Dead-letter ``error`` header limit (bytes of UTF-8).
 MAX_ERROR_BYTES = 1024
 
@@ -237,7 +240,12 @@ class Sender:
         self.credentials = credentials
         self.malformed_max_attempts = malformed_max_attempts
         self.transient_backoff: Backoff = server_error_backoff(retry_max_backoff_s)
-        self.limited_backoff: Backoff = rate_limited_backoff(retry_max_backoff_s)
+        # 429s that keep coming after the advised 1 s, 2 s, 4 s… mean the account's daily quota
+        # is spent (by someone else, when our ledger says we are under it): keep backing off,
+        # up to 15 minutes, rather than probing every minute until midnight.
+        self.limited_backoff: Backoff = rate_limited_backoff(
+            max(retry_max_backoff_s, QUOTA_WALL_BACKOFF_CAP_S)
+        )
         self.auth_backoff = Backoff(base_s=5.0, cap_s=max(5.0, retry_max_backoff_s), jitter=False)
         self.completions: queue.Queue[Completion] = queue.Queue()
         # Every gate runs on the throttle's clock: ``sent_at`` compares across them.

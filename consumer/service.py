@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import FrameType
@@ -33,10 +35,17 @@ from consumer.decoder import (
 )
 from consumer.errors import ConfigError, ConsumerError
 from consumer.health import HealthServer, Probe
-from consumer.kafka import DeadLetterProducer, KafkaSource, consumer_config, redacted
+from consumer.kafka import (
+    DeadLetterProducer,
+    KafkaSource,
+    QuotaLedger,
+    consumer_config,
+    redacted,
+)
 from consumer.mapping import to_item
 from consumer.metrics import Metrics
 from consumer.pipeline import Decoder, Pipeline, PipelineConfig
+from consumer.quota import Pacer, QuotaPolicy
 from consumer.records import Entity
 from consumer.retry import Throttle
 from consumer.sender import Credentials, Sender
@@ -61,6 +70,7 @@ class Service:
     sink: ApiSink
     dead_letters: DeadLetterProducer
     credentials: Credentials
+    ledger: QuotaLedger | None = None
 
     def run(self) -> None:
         """Serve health, run the pipeline until :meth:`Pipeline.request_stop`; always releases
@@ -69,6 +79,8 @@ class Service:
         try:
             self.pipeline.run()
         finally:
+            if self.ledger is not None:  # the day's last count, so a restart continues from it
+                self.ledger.close()
             self.dead_letters.close()
             self.sink.close()
             self.health.stop()
@@ -99,9 +111,10 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
         timeout_s=settings.http_timeout_s,
         max_connections=settings.max_in_flight,
     )
+    throttle = Throttle(rate_rps=settings.rate_limit_rps)
     sender = Sender(
         sink=sink,
-        throttle=Throttle(rate_rps=settings.rate_limit_rps),
+        throttle=throttle,
         metrics=metrics,
         credentials=credentials,
         threads=settings.max_in_flight,
@@ -109,6 +122,26 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
         malformed_max_attempts=settings.malformed_response_max_attempts,
     )
     dead_letters = DeadLetterProducer(settings)
+    pod = pod_name()
+    ledger = QuotaLedger(settings, group=settings.group_id, pod=pod, topic=settings.quota_topic)
+    pacer = Pacer(
+        QuotaPolicy(
+            daily_quota=settings.daily_request_quota,
+            reserve=settings.quota_reserve,
+            max_wait_s=settings.quota_max_wait_s,
+            rate_limit_rps=settings.rate_limit_rps,
+            linger_s=settings.batch_linger_ms / 1000.0,
+            entities=len(settings.topics),
+            pacing=settings.quota_pacing,
+        ),
+        pod=pod,
+        ledger=ledger,
+        set_rate=throttle.set_rate,
+        pause=throttle.pause,
+        requests_today=metrics.requests_so_far_today,
+        metrics=metrics,
+        limited_episodes=lambda: throttle.gate.episodes,
+    )
     pipeline = Pipeline(
         config=PipelineConfig(
             topic_entities=settings.topic_entities,
@@ -119,6 +152,7 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
             commit_timeout_s=settings.commit_timeout_s,
             retry_max_backoff_s=settings.retry_max_backoff_s,
             coalesce=settings.batch_coalesce,
+            max_wait_s=settings.quota_max_wait_s,
         ),
         source=KafkaSource(settings),
         dead_letters=dead_letters,
@@ -132,6 +166,7 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
         validators={e: validator_for(e) for e in settings.topics},
         mapper=to_item,
         metrics=metrics,
+        pacer=pacer,
     )
     probe = Probe(
         last_iteration=lambda: pipeline.last_iteration,
@@ -142,7 +177,14 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
     )
     metrics.ready.set_function(lambda: 1.0 if probe.ready()[0] else 0.0)
     health = HealthServer(registry=registry, probe=probe, port=settings.metrics_port)
-    return Service(settings, metrics, pipeline, health, sink, dead_letters, credentials)
+    return Service(settings, metrics, pipeline, health, sink, dead_letters, credentials, ledger)
+
+
+def pod_name() -> str:
+    """This process's name in the request ledger: the host (the pod's name in Kubernetes) and
+    a random suffix, so a restarted container adds a record instead of overwriting the count
+    it had before (the day's usage is the sum of every record)."""
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
 
 
 def secrets(settings: Settings) -> list[str]:

@@ -85,6 +85,7 @@ class Env:
     topics: dict[Entity, str]
     dlq: str
     group: str
+    quota: str = ""  # the request ledger topic (QUOTA_TOPIC)
     sent: list[Sent] = field(default_factory=list)
     #: eventIds the API holds without having recorded them here (a 409 "already persisted").
     acknowledged: set[str] = field(default_factory=set)
@@ -318,8 +319,10 @@ def env(broker: LocalBroker, request: pytest.FixtureRequest) -> Env:
     tag = f"{request.node.name[:30]}-{uuid.uuid4().hex[:6]}".replace("[", "-").replace("]", "")
     topics = {e: f"it.{tag}.{e.value}" for e in Entity}
     dlq = f"it.{tag}.dlq"
+    quota = f"it.{tag}.quota"
     create_topics(broker.bootstrap_servers, [*topics.values(), dlq], partitions=PARTITIONS)
-    return Env(broker.bootstrap_servers, topics, dlq, f"group-{tag}")
+    create_topics(broker.bootstrap_servers, [quota], partitions=1)
+    return Env(broker.bootstrap_servers, topics, dlq, f"group-{tag}", quota)
 
 
 def service_environment(env: Env, api_url: str, **overrides: str) -> dict[str, str]:
@@ -334,6 +337,9 @@ def service_environment(env: Env, api_url: str, **overrides: str) -> dict[str, s
         "TOPIC_CONVERSATION": env.topics[Entity.CONVERSATION],
         "TOPIC_CUSTOMER": env.topics[Entity.CUSTOMER],
         "DLQ_TOPIC": env.dlq,
+        "QUOTA_TOPIC": env.quota,
+        # Plenty of quota: tests not about the request budget see latency at the linger.
+        "DAILY_REQUEST_QUOTA": "1000000000",
         "ASAPP_API_BASE_URL": api_url,
         "ASAPP_API_ID": API_ID,
         "ASAPP_API_SECRET": API_SECRET,

@@ -141,11 +141,12 @@ def test_second_consumer_joining_mid_stream_loses_nothing(
 def test_sigterm_mid_stream_drains_commits_and_exits_zero(
     env: Env, api: EmulatedApi, start_service
 ) -> None:
-    # 45 batches at 400 ms each, two at a time: ~9 s of work, far more than the drain window.
-    api.set_faults(Faults(latency_ms=400))
+    # 45 batches at 1 s each, one at a time per entity (a lane each): ~15 s of work, far more
+    # than the drain window.
+    api.set_faults(Faults(latency_ms=1000))
     for e in Entity:
         env.produce_events(e, 1500, seed=11)
-    service = start_service(BATCH_MAX_ITEMS="100", MAX_IN_FLIGHT="2", SHUTDOWN_TIMEOUT_S="6")
+    service = start_service(BATCH_MAX_ITEMS="100", MAX_IN_FLIGHT="1", SHUTDOWN_TIMEOUT_S="6")
     wait_until(lambda: api.accepted_count() >= 600, 30, "deliveries to start")
     started = time.monotonic()
     service.signal(signal.SIGTERM)
@@ -168,11 +169,12 @@ def test_sigterm_mid_stream_drains_commits_and_exits_zero(
 def test_restart_after_sigkill_redelivers_only_uncommitted(
     env: Env, api: EmulatedApi, start_service
 ) -> None:
-    # 36 batches at 300 ms each, two at a time: ~5 s of work, so the kill lands mid-stream.
-    api.set_faults(Faults(latency_ms=300))
+    # 36 batches at 600 ms each, one at a time per entity (a lane each): ~7 s of work, so the
+    # kill lands mid-stream.
+    api.set_faults(Faults(latency_ms=600))
     for e in Entity:
         env.produce_events(e, 1200, seed=13)
-    service = start_service(BATCH_MAX_ITEMS="100", MAX_IN_FLIGHT="2")
+    service = start_service(BATCH_MAX_ITEMS="100", MAX_IN_FLIGHT="1")
     wait_until(lambda: sum(env.committed().values()) >= 600, 30, "some offsets to be committed")
     service.kill()
     committed = env.committed()
