@@ -1040,10 +1040,11 @@ class QuotaLedger:
       thread writes the latest unwritten record every ``publish_interval_s`` and once more on
       :meth:`close` (bounded by its ``timeout_s``).
     - :meth:`members` is the latest record per pod of this group (any day: the caller filters
-      by day; records of other groups are ignored), or None while the ledger is not known to be
-      read: before the reader first caught up with the topic's end, when it has not caught up
-      with an end it queried for more than ``stale_after_s``, when the topic does not exist or
-      cannot be read, or when the last write failed.
+      by day; records of other groups are ignored), this pod's own once it was read back, or
+      None while the ledger is not known to be read: before the reader first caught up with
+      the topic's end, when it has not caught up with an end it queried for more than
+      ``stale_after_s`` (transient broker errors are tolerated that long), when the topic does
+      not exist or reading it is refused, or when the last write failed.
     - :meth:`problem` says why (None when healthy). The first problem of an episode is logged
       once as a warning, the recovery once as info.
     - Nothing raises out of publish, members or problem; every broker call is bounded.
@@ -1078,7 +1079,8 @@ class QuotaLedger:
         self._next: dict[int, int] = {}  # partition -> next offset to read
         self._assigned: set[int] = set()
         self._missing: str | None = None  # the topic does not exist / metadata failed
-        self._read_error: str | None = None
+        self._read_error: str | None = None  # reading is refused (authorization)
+        self._last_error: str | None = None  # the last transient failure, for the stale reason
         self._write_error: str | None = None
         self._problem: str | None = "quota ledger not read yet"
         self._episode = False  # a warning was logged for the current problem
@@ -1159,7 +1161,8 @@ class QuotaLedger:
             return "quota ledger not read yet"
         age = self._clock() - self._read_at
         if age > self._stale_after_s:
-            return f"quota ledger {self.topic} not read for {age:.0f}s"
+            last = f" (last error: {self._last_error})" if self._last_error else ""
+            return f"quota ledger {self.topic} not read for {age:.0f}s{last}"
         return None
 
     def _review(self) -> None:
@@ -1212,7 +1215,7 @@ class QuotaLedger:
                 self._review()
             except Exception as exc:  # the thread must outlive any surprise; reported, not lost
                 with self._lock:
-                    self._read_error = f"quota ledger {self.topic}: {exc}"
+                    self._last_error = f"quota ledger {self.topic}: {exc}"
                 self._client_log.log(
                     logging.WARNING,
                     "quota ledger cycle failed: %s",
@@ -1244,7 +1247,7 @@ class QuotaLedger:
             meta = self._consumer.list_topics(self.topic, timeout=self._timeout_s)
         except KafkaException as exc:
             with self._lock:
-                self._read_error = f"quota ledger {self.topic}: metadata: {translate(exc, 'read')}"
+                self._last_error = f"{translate(exc, 'reading the ledger metadata')}"
             return None
         t = meta.topics.get(self.topic)
         missing: str | None = None
@@ -1272,7 +1275,7 @@ class QuotaLedger:
                 )
             except KafkaException as exc:
                 with self._lock:
-                    self._read_error = f"quota ledger {self.topic}[{p}]: {translate(exc, 'read')}"
+                    self._last_error = f"{translate(exc, f'reading {self.topic}[{p}] offsets')}"
                 return None
             self._next[p] = max(self._next.get(p, 0), int(low))
             ends[p] = int(high)
@@ -1287,8 +1290,12 @@ class QuotaLedger:
             err = m.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
+                    reason = f"quota ledger {self.topic}: {_text(err)}"
                     with self._lock:
-                        self._read_error = f"quota ledger {self.topic}: {_text(err)}"
+                        if err.code() in _NOT_PERMITTED:
+                            self._read_error = reason  # until a read succeeds
+                        else:
+                            self._last_error = reason  # tolerated up to stale_after_s
                 continue
             p, offset = int(m.partition() or 0), int(m.offset() or 0)
             self._next[p] = max(self._next.get(p, 0), offset + 1)
@@ -1298,7 +1305,7 @@ class QuotaLedger:
             self._target = None
             with self._lock:
                 self._read_at = max(self._read_at or target[0], target[0])
-                self._read_error = None
+                self._read_error = self._last_error = None
 
     def _apply(self, key: bytes | str | None, value: bytes | str | None) -> None:
         """Keep the record if it is this group's and newer than the pod's last one."""
@@ -1328,7 +1335,9 @@ class QuotaLedger:
     def _write(self) -> None:
         """Queue the latest unwritten record (only to an existing topic) and serve reports."""
         with self._lock:
-            record = self._latest if self._unwritten and self._missing is None else None
+            # only to a topic the metadata listed: never let a write auto-create it
+            writable = self._missing is None and bool(self._assigned)
+            record = self._latest if self._unwritten and writable else None
             self._unwritten = self._unwritten and record is None
         if record is not None:
             try:

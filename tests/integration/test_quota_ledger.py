@@ -227,3 +227,37 @@ def test_quota_command_without_the_ledger_topic_exits_1(tmp_path: Path) -> None:
         done = run_quota_command(empty.bootstrap_servers, "g-nobody", "--timeout-s", "10")
     assert done.returncode == 1
     assert "does not exist" in done.stderr and done.stdout == ""
+
+
+def test_a_broker_gone_makes_the_ledger_stale_after_stale_after_s(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="consumer.kafka")
+    own = LocalBroker(log_path=tmp_path / "broker.log").start()
+    try:
+        create_ledger_topic(own.bootstrap_servers, "asapp.metadata.quota")
+        settings = Settings(bootstrap_servers=own.bootstrap_servers, api_id="x", api_secret="y")
+        ledger = QuotaLedger(
+            settings, group="g1", pod="p", publish_interval_s=0.3, stale_after_s=2, timeout_s=1
+        )
+        try:
+            ledger.publish(record("p", 4))
+            wait_until(lambda: pods_seen(ledger) == {"p": 4}, 20, "the record")
+            own.stop()
+            gone = time.monotonic()
+            wait_until(lambda: ledger.members() is None, 20, "staleness")
+            assert time.monotonic() - gone >= 1.0  # tolerated for a while, not at once
+            assert "not read for" in (ledger.problem() or "")
+            wait_until(
+                lambda: any(
+                    getattr(r, "event", "") == "quota_ledger_unusable" for r in caplog.records
+                ),
+                10,
+                "the warning",
+            )
+        finally:
+            ledger.close()
+    finally:
+        own.stop()
+    unusable = [r for r in caplog.records if getattr(r, "event", "") == "quota_ledger_unusable"]
+    assert len(unusable) == 1
