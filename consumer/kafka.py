@@ -571,6 +571,17 @@ class KafkaSource:
             return None
         return high if high is not None and high >= 0 else None
 
+    def partitions_total(self, topics: Iterable[str], timeout_s: float) -> int | None:
+        """How many partitions ``topics`` have together (one metadata request, bounded);
+        None when the metadata does not answer or lacks a topic. Never raises."""
+        wanted = list(topics)
+        try:
+            meta = self._consumer.list_topics(timeout=timeout_s)
+        except KafkaException:
+            return None
+        counts = [len(meta.topics[t].partitions) for t in wanted if t in meta.topics]
+        return sum(counts) if len(counts) == len(wanted) and all(counts) else None
+
     def close(self, timeout_s: float) -> bool:
         """Leave the group within ``timeout_s``; False when it failed or did not finish in
         time (logged). Never raises."""

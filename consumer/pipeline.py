@@ -145,6 +145,8 @@ class Pipeline:
         self._stop = threading.Event()
         self._stop_requested_at: float | None = None
         self._closing = False
+        self._partitions: int | None = None  # of the subscribed topics, for the pacer
+        self._partitions_at = 0.0
         self.last_iteration = clock()
         self.delivered_items = 0
         self.dead_lettered = 0
@@ -472,11 +474,20 @@ class Pipeline:
         if pacer is None:
             self.dispatch.send_due()
             return
-        pacer.refresh(demand=self.dispatch.demand())
+        pacer.refresh(demand=self.dispatch.demand(), assigned_share=self._assigned_share())
         limit = pacer.linger_allowance()
         sent = self.dispatch.send_due(limit=limit, max_wait_s=self.config.max_wait_s)
         if limit is not None:
             pacer.spent_linger(sent)
+
+    def _assigned_share(self) -> float | None:
+        """This pod's share of the subscribed partitions (metadata read once a minute)."""
+        now = self.clock()
+        if now >= self._partitions_at:
+            self._partitions_at = now + 60.0
+            total = self.source.partitions_total(self.config.topic_entities, 2.0)
+            self._partitions = total if total else self._partitions
+        return len(self.assigned) / self._partitions if self._partitions else None
 
     def _update_pauses(self) -> None:
         pending, pending_bytes = self.tracker.pending_count(), self.tracker.pending_bytes()

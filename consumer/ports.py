@@ -106,6 +106,12 @@ class Source(Protocol):
         :class:`~consumer.errors.BrokerError` on failure or timeout."""
         ...
 
+    def partitions_total(self, topics: Iterable[str], timeout_s: float) -> int | None:
+        """How many partitions ``topics`` have together, or None when unknown (never
+        raises): this pod's fallback share of the group's request budget is its share of
+        them."""
+        ...
+
     def close(self, timeout_s: float) -> bool:
         """Leave the group within ``timeout_s``; False when it did not finish in time."""
         ...

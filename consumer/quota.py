@@ -225,8 +225,10 @@ class Pacer:
         """The quota wall is up: nothing is sent until it lifts."""
         return self._wall_until is not None and self._wall() < self._wall_until
 
-    def refresh(self, demand: float) -> Budget | None:
-        """Recompute the budget when due (publishing this pod's record first)."""
+    def refresh(self, demand: float, assigned_share: float | None = None) -> Budget | None:
+        """Recompute the budget when due (publishing this pod's record first).
+        ``assigned_share`` (this pod's share of the topics' partitions) is the safe share
+        while the ledger cannot be read; without it, one over the pods last seen."""
         now = self._clock()
         if now < self._next_refresh and self.budget is not None:
             return self.budget
@@ -251,7 +253,7 @@ class Pacer:
             my_demand=demand,
             members=members,
             now_unix=unix,
-            fallback_share=1.0 / self._live_pods,
+            fallback_share=assigned_share if assigned_share is not None else 1 / self._live_pods,
             others_used=self._others_used,
         )
         if not b.fallback:

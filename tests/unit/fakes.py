@@ -80,6 +80,7 @@ class FakeSource:
         self.commits: list[tuple[dict[TopicPartition, int], frozenset[Position]]] = []
         self.fail_commits = 0
         self.closed = False
+        self.total_partitions: int | None = None
 
     def subscribe(
         self,
@@ -169,6 +170,9 @@ class FakeSource:
         self, tps: Iterable[TopicPartition], timeout_s: float
     ) -> dict[TopicPartition, int | None]:
         return {t: self.last_commit(t) for t in tps}
+
+    def partitions_total(self, topics: Iterable[str], timeout_s: float) -> int | None:
+        return self.total_partitions
 
     def close(self, timeout_s: float) -> bool:
         self.log.append(("close", timeout_s))
