@@ -28,9 +28,6 @@ from consumer.errors import ConfigError
 from consumer.quota import DAY_S, MemberRecord, seconds_to_midnight, utc_day
 from consumer.settings import Settings
 
-#: The ledger topic when settings do not name one yet.
-DEFAULT_QUOTA_TOPIC = "asapp.metadata.quota"
-
 
 @dataclass(frozen=True, slots=True)
 class PodUsage:
@@ -186,7 +183,7 @@ def main(
     except ConfigError as exc:
         print(f"metadata-consumer: configuration error: {exc}", file=sys.stderr)
         return 2
-    topic = str(getattr(settings, "quota_topic", DEFAULT_QUOTA_TOPIC))
+    topic = settings.quota_topic
     try:
         ledger = (open_ledger or _open_ledger)(settings, topic)
     except ConfigError as exc:

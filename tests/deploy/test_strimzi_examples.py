@@ -176,6 +176,7 @@ def test_strimzi_examples_stay_out_of_the_overlays(rendered: dict[str, Rendered]
 def test_compose_creates_the_quota_topic_compacted() -> None:
     compose = yaml.safe_load((DEPLOY.parent / "docker-compose.yml").read_text("utf-8"))
     script = "\n".join(compose["services"]["topics"]["command"])
+    assert compose["services"]["consumer"]["environment"]["QUOTA_TOPIC"] == QUOTA_TOPIC
     (created,) = [c for c in script.split("kafka-topics.sh") if f"--topic {QUOTA_TOPIC} " in c]
     assert "--config cleanup.policy=compact,delete" in created
     assert "--config retention.ms=172800000" in created
