@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 #: account spent it): reported as exhausted while the sender backs off up to 15 minutes.
 REFUSED_EPISODES = 5
 
+#: The largest rise of a pod's request rate per refresh, as a fraction of RATE_LIMIT_RPS.
+RAMP_STEP = 0.2
+
+#: Seconds after start during which an idle pod still tells the group it is busy.
+WARMUP_S = 15.0
+
 #: Seconds in a UTC day.
 DAY_S = 86_400.0
 
@@ -141,8 +147,17 @@ def budget(
             m for m in members.values() if m.pod != me and now_unix - m.ts <= policy.live_after_s
         ]
         live = len(live_others) + 1
-        total = my_demand + sum(max(0.0, m.demand) for m in live_others)
-        share = my_demand / total if total > 0 else 1.0 / live
+        # Every pod weighs the same published demands (its own as the ledger holds it, once it
+        # is there), so the shares of the group add up to one instead of each pod pairing its
+        # fresh demand with the others' older ones.
+        own = members.get(me)
+        mine = (
+            own.demand
+            if own is not None and now_unix - own.ts <= policy.live_after_s
+            else (my_demand)
+        )
+        total = mine + sum(max(0.0, m.demand) for m in live_others)
+        share = mine / total if total > 0 else 1.0 / live
     spike = policy.rate_limit_rps * share
     if policy.daily_quota <= 0:  # no quota: only the spike limit
         unlimited = max(spike, 0.01)
@@ -211,6 +226,8 @@ class Pacer:
         self._rng = rng or random.Random()
         self._limited_episodes = limited_episodes
         self._next_refresh = 0.0
+        self._started = clock()
+        self._applied = 0.0  # the rate last applied to the throttle
         self._others_used = 0  # last known, for when the ledger is unavailable
         self._live_pods = 1
         self._day = ""
@@ -240,7 +257,11 @@ class Pacer:
         mine = self._requests_today()
         members = None
         if self._ledger is not None:
-            self._ledger.publish(MemberRecord(self.pod, day, mine, demand, unix))
+            # Until this pod knows its work (just started, no assignment yet) it tells the
+            # others it is busy, so pods starting together share the spike limit from the
+            # first second instead of each taking all of it until the ledger catches up.
+            told = demand if demand > 0 or now - self._started > WARMUP_S else 1.0
+            self._ledger.publish(MemberRecord(self.pod, day, mine, told, unix))
             members = self._ledger.members()
         if members is not None:
             self._others_used = group_usage(members, me=self.pod, day=day, my_requests=0)
@@ -259,12 +280,21 @@ class Pacer:
         if not b.fallback:
             self._live_pods = max(1, b.live_pods)
         self._note_fallback(b.fallback)
-        self._set_rate(b.rps)
+        self._set_rate(self._ramp(b.rps))
         if b.exhausted and not self.exhausted:
             self._raise_wall(unix, b)
         self.budget = b
         self._observe(b)
         return b
+
+    def _ramp(self, target: float) -> float:
+        """The rate to apply now: a lower target at once, a higher one by at most a fifth of
+        the group's spike limit per refresh (slow start), so pods whose views of each other's
+        demand differ for a moment never add up to more than the spike arrest allows."""
+        step = RAMP_STEP * self.policy.rate_limit_rps
+        applied = target if target <= self._applied else min(target, self._applied + step)
+        self._applied = applied
+        return applied
 
     def linger_allowance(self) -> int | None:
         """How many batches that are not full may be sent now (None: no limit)."""

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -454,4 +455,50 @@ def items_by_event_id(api: EmulatedApi, env: Env) -> dict[str, list[dict[str, An
     for e in Entity:
         for item in api.items(e):
             out.setdefault(item["eventId"], []).append(item)
+    return out
+
+
+class Stream:
+    """Produces ``per_tick`` events of every entity each ``tick_s`` in a background thread."""
+
+    def __init__(self, env: Env, per_tick: int, tick_s: float = 0.1) -> None:
+        self.env, self.per_tick, self.tick_s = env, per_tick, tick_s
+        self._stop = threading.Event()
+        self._next = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="stream", daemon=True)
+
+    def __enter__(self) -> Stream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        assert self.error is None, f"the stream failed: {self.error!r}"
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                for entity in Entity:
+                    self.env.produce_events(entity, self.per_tick, seed=33, start=self._next)
+                self._next += self.per_tick
+                self._stop.wait(max(0.0, self.tick_s - (time.monotonic() - started)))
+        except BaseException as exc:  # reported by __exit__ in the test's thread
+            self.error = exc
+
+
+def latencies(api: EmulatedApi, sent: list[Sent], window: tuple[float, float]) -> list[float]:
+    """Message timestamp → first acceptance at the API, seconds, for messages produced within
+    ``window`` (wall-clock seconds); a message not accepted at all is left out."""
+    first: dict[str, float] = {}
+    for receipt in api.receipts():
+        if receipt.event_id is not None:
+            first.setdefault(receipt.event_id, receipt.t_wall)
+    out = []
+    for s in sent:
+        t_message = s.timestamp_ms / 1000
+        if window[0] <= t_message <= window[1] and s.event_id in first:
+            out.append(first[s.event_id] - t_message)
     return out

@@ -16,7 +16,6 @@ The commit audit (``start_service``'s teardown) runs after every test.
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,9 +27,10 @@ from consumer.sandbox.api import EmulatedApi, Faults, Stall
 from consumer.sandbox.events import encode_plain, identity, oversized_event, version_of
 from tests.integration.conftest import (
     Env,
-    Sent,
+    Stream,
     assert_newest_versions_last,
     items_by_event_id,
+    latencies,
     stale_ids,
     wait_until,
 )
@@ -156,52 +156,6 @@ def test_many_versions_under_random_503s_end_on_each_ids_newest_event(
 
 
 # ---- c. no head-of-line blocking --------------------------------------------------------------
-
-
-class Stream:
-    """Produces ``per_tick`` events of every entity each ``tick_s`` in a background thread."""
-
-    def __init__(self, env: Env, per_tick: int, tick_s: float = 0.1) -> None:
-        self.env, self.per_tick, self.tick_s = env, per_tick, tick_s
-        self._stop = threading.Event()
-        self._next = 0
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="stream", daemon=True)
-
-    def __enter__(self) -> Stream:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-        assert self.error is None, f"the stream failed: {self.error!r}"
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                for entity in Entity:
-                    self.env.produce_events(entity, self.per_tick, seed=33, start=self._next)
-                self._next += self.per_tick
-                self._stop.wait(max(0.0, self.tick_s - (time.monotonic() - started)))
-        except BaseException as exc:  # reported by __exit__ in the test's thread
-            self.error = exc
-
-
-def latencies(api: EmulatedApi, sent: list[Sent], window: tuple[float, float]) -> list[float]:
-    """Message timestamp → first acceptance at the API, seconds, for messages produced within
-    ``window`` (wall-clock seconds); a message not accepted at all is left out."""
-    first: dict[str, float] = {}
-    for receipt in api.receipts():
-        if receipt.event_id is not None:
-            first.setdefault(receipt.event_id, receipt.t_wall)
-    out = []
-    for s in sent:
-        t_message = s.timestamp_ms / 1000
-        if window[0] <= t_message <= window[1] and s.event_id in first:
-            out.append(first[s.event_id] - t_message)
-    return out
 
 
 @pytest.mark.parametrize(
