@@ -4,9 +4,12 @@ simulated spans of a day (a fake clock; nothing sleeps)."""
 from __future__ import annotations
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from consumer.metrics import Metrics
 from consumer.quota import (
     MemberRecord,
+    Pacer,
     QuotaPolicy,
     budget,
     group_usage,
@@ -184,3 +187,116 @@ def test_never_above_the_budget_in_any_minute_over_business_hours() -> None:
     sustainable_per_min = (quota * 0.95) / (16 * 3600) * 60
     assert r.per_minute_max <= 3 * sustainable_per_min + 3  # shares, bursts of one per pod
     assert r.requests <= 2 * 3600 * (quota * 0.95) / (16 * 3600) * 1.2
+
+
+# --------------------------------------------------------------------------- the pacer
+class FakeLedger:
+    def __init__(self) -> None:
+        self.records: dict[str, MemberRecord] = {}
+        self.up = True
+
+    def publish(self, record: MemberRecord) -> None:
+        self.records[record.pod] = record
+
+    def members(self) -> dict[str, MemberRecord] | None:
+        return dict(self.records) if self.up else None
+
+
+class PacerRig:
+    def __init__(self, policy: QuotaPolicy = POLICY, *, at: float = MIDNIGHT + 3600) -> None:
+        self.mono = 0.0
+        self.unix = at
+        self.rates: list[float] = []
+        self.pauses: list[float] = []
+        self.requests = 0
+        self.episodes = 0
+        self.registry = CollectorRegistry()
+        self.ledger = FakeLedger()
+        self.pacer = Pacer(
+            policy,
+            pod="me",
+            ledger=self.ledger,
+            set_rate=self.rates.append,
+            pause=self.pauses.append,
+            requests_today=lambda: self.requests,
+            metrics=Metrics(self.registry),
+            clock=lambda: self.mono,
+            wall=lambda: self.unix,
+            limited_episodes=lambda: self.episodes,
+        )
+
+    def tick(self, seconds: float = 1.0, demand: float = 1.0) -> None:
+        self.mono += seconds
+        self.unix += seconds
+        self.pacer.refresh(demand)
+
+    def sample(self, name: str) -> float | None:
+        return self.registry.get_sample_value(f"asapp_consumer_{name}")
+
+
+def test_the_wall_pauses_until_just_after_midnight_and_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig = PacerRig(at=MIDNIGHT + 20 * 3600)
+    rig.ledger.records["old"] = member("old", 47_500, ts=MIDNIGHT + 10)
+    rig.tick()
+    rig.tick()
+    assert rig.pacer.exhausted and rig.sample("quota_exhausted") == 1
+    [pause] = rig.pauses
+    assert 4 * 3600 + 5 <= pause <= 4 * 3600 + 60  # to 00:00 UTC plus a little jitter
+    assert sum("quota spent" in r.getMessage() for r in caplog.records) == 1
+    rig.unix = MIDNIGHT + 86_400 + 61  # the next day: everyone starts from zero
+    rig.ledger.records.clear()
+    rig.tick()
+    assert not rig.pacer.exhausted and rig.sample("quota_exhausted") == 0
+
+
+def test_rates_rise_slowly_and_fall_at_once() -> None:
+    rig = PacerRig()
+    for _ in range(6):
+        rig.tick()
+    assert rig.rates[:5] == pytest.approx([18.0, 36.0, 54.0, 72.0, 90.0])
+    rig.ledger.records["busy"] = member("busy", 0, demand=1.0, ts=rig.unix)
+    rig.tick()
+    assert rig.rates[-1] == pytest.approx(45.0)  # the other pod's share, at once
+
+
+def test_a_lost_ledger_falls_back_to_the_assigned_share_and_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig = PacerRig()
+    rig.ledger.up = False
+    for _ in range(8):
+        rig.mono += 1
+        rig.unix += 1
+        rig.pacer.refresh(1.0, assigned_share=1 / 3)
+    assert rig.sample("quota_ledger_fallback") == 1
+    assert rig.rates[-1] == pytest.approx(30.0)
+    warnings = [r for r in caplog.records if "ledger unavailable" in r.message]
+    assert len(warnings) == 1
+    rig.ledger.up = True
+    rig.tick()
+    assert rig.sample("quota_ledger_fallback") == 0
+
+
+def test_429s_that_keep_coming_read_as_exhausted() -> None:
+    rig = PacerRig()
+    rig.episodes = 4
+    rig.tick()
+    assert rig.sample("quota_exhausted") == 0
+    rig.episodes = 5
+    rig.tick()
+    assert rig.sample("quota_exhausted") == 1
+
+
+def test_lingering_batches_are_metered_at_the_paced_rate_when_tight() -> None:
+    rig = PacerRig()
+    rig.requests = 40_000  # 7,500 left for 23 h: tight, and no backlog allowance
+    rig.tick()
+    budget_now = rig.pacer.budget
+    assert budget_now is not None and budget_now.linger_rps is not None
+    assert rig.pacer.linger_allowance() == 1
+    rig.pacer.spent_linger(1)
+    assert rig.pacer.linger_allowance() == 0
+    rig.mono += 1 / budget_now.linger_rps
+    assert rig.pacer.linger_allowance() == 1
