@@ -130,6 +130,21 @@ def dashboard_panels(dashboard: dict[str, Any] | None = None) -> list[dict[str, 
     return panels
 
 
+def dashboard_rows(dashboard: dict[str, Any] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Row title → the panels under it (those after the row on an expanded dashboard, or
+    nested in a collapsed row), in order. Panels above the first row are left out."""
+    dashboard = load_dashboard() if dashboard is None else dashboard
+    rows: dict[str, list[dict[str, Any]]] = {}
+    current: list[dict[str, Any]] | None = None
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            current = rows.setdefault(panel["title"], [])
+            current.extend(panel.get("panels", []))
+        elif current is not None:
+            current.append(panel)
+    return rows
+
+
 def dashboard_exprs(dashboard: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     """``(panel title, expr)`` for every panel target, in panel order."""
     return [
@@ -171,6 +186,21 @@ def github_anchor(heading: str) -> str:
 def readme_anchors(text: str) -> set[str]:
     """Anchors of every heading in a Markdown document."""
     return {github_anchor(m.group(1)) for m in re.finditer(r"^#{1,6}\s+(.+)$", text, re.M)}
+
+
+def where_to_look_first(text: str | None = None) -> list[tuple[str, str]]:
+    """``(row, panel)`` for every panel the README's "Where to look first" table names, written
+    there as ``Row: *Panel*, *Panel*; Row: *Panel*`` in its second column."""
+    text = README.read_text(encoding="utf-8") if text is None else text
+    start = text.index("Where to look first:")
+    table = text[start : text.index("\n\n", text.index("|", start))]
+    pairs: list[tuple[str, str]] = []
+    for line in table.splitlines()[3:]:  # the heading, the header and the rule
+        cell = line.split("|")[2]
+        for part in cell.split(";"):
+            row, _, panels = part.partition(":")
+            pairs.extend((row.strip(), title) for title in re.findall(r"\*([^*]+)\*", panels))
+    return pairs
 
 
 def metric_table() -> str:

@@ -163,8 +163,50 @@ def test_dashboard_covers_the_operator_questions() -> None:
         "asapp_consumer_commit_duration_seconds_bucket",
         "asapp_consumer_ready",
         "asapp_consumer_credentials_rejected",
+        "asapp_consumer_buffered_bytes",
+        "asapp_consumer_items_deferred",
+        "rate(asapp_consumer_items_superseded_total",
+        "asapp_consumer_offset_rewinds_total",
+        "asapp_consumer_consumer_errors_total",
     ]:
         assert needle in exprs, f"no dashboard panel queries {needle}"
+
+
+def test_api_economy_row_shows_the_group_budget() -> None:
+    """The row the quota runbooks point to: the group's gauges (read with ``max``: every pod
+    exports the same value), the request rate, items per request and the batch wait."""
+    rows = artifacts.dashboard_rows()
+    assert "API economy" in rows, f"no 'API economy' row in {sorted(rows)}"
+    exprs = " ".join(t["expr"] for panel in rows["API economy"] for t in panel["targets"])
+    for needle in [
+        "max(asapp_consumer_quota_requests_used_today",
+        "max(asapp_consumer_quota_requests_remaining",
+        "max(asapp_consumer_daily_request_quota",
+        "max(asapp_consumer_quota_sustainable_rps",
+        "sum(rate(asapp_consumer_http_requests_total",
+        "asapp_consumer_batch_items_bucket",
+        "histogram_quantile(0.5, sum by (le, entity) "
+        "(rate(asapp_consumer_batch_wait_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le, entity) "
+        "(rate(asapp_consumer_batch_wait_seconds_bucket",
+        "max(asapp_consumer_quota_exhausted",
+        "asapp_consumer_quota_ledger_fallback",
+        "max by (pod, instance) (asapp_consumer_quota_share",
+    ]:
+        assert needle in exprs, f"the API economy row queries no {needle}"
+    assert "sum(asapp_consumer_quota_requests" not in exprs, "group gauges must not be summed"
+
+
+def test_where_to_look_first_names_real_panels() -> None:
+    """Each ``Row: *Panel*`` of the README's table is a panel of that row (a title may be
+    shortened to its start, as "Poll loop age" for "Poll loop age (worst pod)")."""
+    rows = artifacts.dashboard_rows()
+    named = artifacts.where_to_look_first()
+    assert len(named) >= 10, named
+    for row, title in named:
+        assert row in rows, f"README names a dashboard row {row!r} that does not exist"
+        titles = [p["title"] for p in rows[row]]
+        assert any(t.startswith(title) for t in titles), f"no panel {title!r} in row {row!r}"
 
 
 # --- (d): every alert is tested ----------------------------------------------------------
