@@ -41,6 +41,9 @@ def exposed() -> Iterator[tuple[Metrics, str]]:
     metrics.batch_items.labels(entity="agent").observe(300)
     metrics.http_requests.labels(entity="agent", status="200").inc()
     metrics.daily_quota.set(50_000)
+    metrics.quota_used.set(47_500)  # the group's count, as the ledger has it
+    metrics.quota_remaining.set(0)
+    metrics.quota_exhausted.set(1)
     metrics.ready.set(1)
     metrics.credentials_rejected.set(1)
     server, thread = start_http_server(0, addr="127.0.0.1", registry=metrics.registry)
@@ -79,7 +82,8 @@ def test_prometheus_scrapes_the_values_set(
 def test_alert_rules_evaluate_against_scraped_series(
     prometheus_binary: str, exposed: tuple[Metrics, str]
 ) -> None:
-    """credentials_rejected == 1 puts the alert in ``pending`` (its ``for: 5m`` is not over)."""
+    """credentials_rejected == 1 and quota_exhausted == 1 put their alerts in ``pending`` (their
+    ``for`` is not over); the quota-nearly-spent alert stays quiet while the wall is up."""
     _, target = exposed
     with PrometheusServer(targets=[target], binary=prometheus_binary) as prom:
 
@@ -90,11 +94,17 @@ def test_alert_rules_evaluate_against_scraped_series(
             'ALERTS{alertname="AsappConsumerCredentialsRejected"}', pending, timeout_s=20
         )
         assert alert.labels["severity"] == "critical"
-        assert prom.query('ALERTS{alertname="AsappConsumerTargetDown"}') == []
-        quota = prom.query(
-            "sum(asapp_consumer_requests_today) / max(asapp_consumer_daily_request_quota > 0)"
+        (wall,) = prom.wait_for(
+            'ALERTS{alertname="AsappConsumerQuotaExhausted"}', pending, timeout_s=20
         )
-        assert [r.value for r in quota] == [0.0]
+        assert wall.labels["severity"] == "critical"
+        assert prom.query('ALERTS{alertname="AsappConsumerTargetDown"}') == []
+        assert prom.query('ALERTS{alertname="AsappConsumerDailyQuotaNearlySpent"}') == []
+        quota = prom.query(
+            "max(asapp_consumer_quota_requests_used_today)"
+            " / max(asapp_consumer_daily_request_quota > 0)"
+        )
+        assert [r.value for r in quota] == [0.95]
 
 
 def test_query_error_names_the_expression(prometheus_binary: str) -> None:
