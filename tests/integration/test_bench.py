@@ -1,8 +1,11 @@
 """Benchmarks (``make bench``; marked slow, kept out of CI). They print their figures.
 
-- throughput: how many events/s one service process moves from Kafka to the API, end to end
-  (decode, map, validate, batch, POST, commit), with the emulated API in its own process so it
-  does not share the service's CPU;
+- the table (:func:`test_bench_table`): the performance issue's figures on its data (200,000
+  agent events of ~562 B, 3 partitions, batches of 1000, linger 500 ms, 4 requests in flight),
+  for the bare-loop ceiling (``tests/bench_pipeline.py``) and the service: drain events/s, CPU
+  seconds of the service process per 100k events, its peak RSS, items per request in the drain,
+  p99 of message timestamp → API receipt at a steady 5k events/s, and the ratios to the
+  ceiling. The emulated API runs in its own process (it validates every item it receives);
 - request rate: with small batches, does one pod use ASAPP's whole request allowance
   (``RATE_LIMIT_RPS`` 90, under the 100/s spike arrest) without exceeding it.
 
@@ -11,26 +14,33 @@ Assertions are loose floors that only catch a collapse; the printed figures are 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from confluent_kafka import Consumer
+from confluent_kafka import TopicPartition as KTopicPartition
 
+from consumer.decoder import PlainAvroDecoder
 from consumer.records import Entity
 from consumer.sandbox.broker import free_port
-from tests.integration.conftest import API_ID, API_SECRET, Env, wait_until
+from consumer.sandbox.produce import create_topics
+from tests import bench_pipeline as bench
+from tests.integration.conftest import API_ID, API_SECRET, PARTITIONS, Env, Service, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture
-def api_process() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
+def _api(port: int, *, count_only: bool) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -41,16 +51,35 @@ def api_process() -> Iterator[str]:
             API_ID,
             "--api-secret",
             API_SECRET,
-            "--count-only",
+            *(["--count-only"] if count_only else []),
         ],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _up(url), 20, "the emulated API")
-    yield url
-    proc.terminate()
-    proc.wait(10)
+
+
+@pytest.fixture
+def api_factory() -> Iterator[Callable[..., str]]:
+    """Start emulated APIs in processes of their own (so they do not share the service's
+    CPU accounting): ``count_only`` keeps counts only, else items and receipts too."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*, count_only: bool = True) -> str:
+        port = free_port()
+        procs.append(_api(port, count_only=count_only))
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _up(url), 20, "the emulated API")
+        return url
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def api_process(api_factory: Callable[..., str]) -> str:
+    return api_factory()
 
 
 def _up(url: str) -> bool:
@@ -64,45 +93,157 @@ def _stats(url: str) -> dict:  # type: ignore[type-arg]
     return httpx.get(f"{url}/_emulator/stats", timeout=5).json()  # type: ignore[no-any-return]
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    probe = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
+    try:
+        parts = [KTopicPartition(topic, p) for p in range(PARTITIONS)]
+        return {c.partition: max(c.offset, 0) for c in probe.committed(parts, timeout=10)}
+    finally:
+        probe.close()
 
 
-def test_throughput_end_to_end(env: Env, api_process: str, start_service) -> None:
-    per_entity = int(os.environ.get("BENCH_EVENTS_PER_ENTITY", "40000"))
-    t0 = time.monotonic()
-    for e in Entity:
-        for start in range(0, per_entity, 10000):
-            env.produce_events(e, min(10000, per_entity - start), seed=51, start=start)
-    produced_s = time.monotonic() - t0
-    total = 3 * per_entity
+#: The issue's set-up: batches of 1000, linger 500 ms, 4 requests in flight.
+BENCH_SETTINGS = {
+    "BATCH_MAX_ITEMS": "1000",
+    "BATCH_LINGER_MS": "500",
+    "MAX_IN_FLIGHT": "4",
+    "RATE_LIMIT_RPS": "1000",
+    "LOG_LEVEL": "WARNING",
+}
+STEADY_RATE = 5000  # events/s
+STEADY_S = 8.0
+
+
+def _service_row(
+    name: str,
+    env: Env,
+    start_service: Callable[..., Service],
+    api_factory: Callable[..., str],
+    topics: dict[str, str],
+    ends: dict[int, int],
+    **extra: str,
+) -> dict[str, Any]:
+    """Drain the backlog topic with a fresh group (figures of the service process), then
+    feed a fresh topic at STEADY_RATE and read the p99 from the API's receipts."""
+    total = sum(ends.values())
+    drain_api = api_factory()
+    group = f"bench-{uuid.uuid4().hex[:8]}"
     service = start_service(
-        ASAPP_API_BASE_URL=api_process, RATE_LIMIT_RPS="1000", LOG_LEVEL="WARNING"
+        ASAPP_API_BASE_URL=drain_api,
+        KAFKA_GROUP_ID=group,
+        TOPIC_AGENT=topics["drain"],
+        **BENCH_SETTINGS,
+        **extra,
     )
-    wait_until(lambda: service.metric("asapp_consumer_assigned_partitions") == 9, 30, "assignment")
-    started = time.monotonic()
-    cpu0 = _cpu_seconds(service.proc.pid)
-    wait_until(env.all_committed, 600, "all committed", every_s=0.5)
-    elapsed = time.monotonic() - started
-    cpu = _cpu_seconds(service.proc.pid) - cpu0
-    stats = _stats(api_process)
-    accepted = sum(v["items_accepted"] for v in stats["entities"].values())
-    requests = stats["requests"]
-    with open(f"/proc/{service.proc.pid}/status") as status:
-        rss_kb = int(next(ln for ln in status if ln.startswith("VmHWM")).split()[1])
-    print(
-        f"\nTHROUGHPUT {total} events ({per_entity}/entity, produced in {produced_s:.1f}s): "
-        f"{elapsed:.1f}s to all committed = {total / elapsed:,.0f} events/s; "
-        f"service CPU {cpu:.1f}s ({total / max(cpu, 1e-9):,.0f} events per CPU-second); "
-        f"{requests} requests, {accepted / max(requests, 1):.0f} items/request; "
-        f"peak RSS {rss_kb / 1024:.0f} MiB"
-    )
-    assert accepted == total
-    assert accepted / requests > 900, "batches should be nearly full under load"
-    assert total / elapsed > 2000
+    wait_until(lambda: service.metric("asapp_consumer_assigned_partitions") >= 3, 30, "assignment")
+    pid = service.proc.pid
+    started, cpu0 = time.monotonic(), bench.cpu_seconds(pid)
+    bootstrap = env.bootstrap
+
+    def drained() -> bool:
+        done = _committed(bootstrap, group, topics["drain"])
+        return all(done.get(p, 0) >= end for p, end in ends.items())
+
+    wait_until(drained, 600, "the backlog committed", every_s=0.25)
+    elapsed, cpu = time.monotonic() - started, bench.cpu_seconds(pid) - cpu0
+    rss = bench.peak_rss_mib(pid)
+    stats = _stats(drain_api)
+    accepted = stats["entities"]["agent"]["items_accepted"]
+    assert accepted >= total, stats  # at least once: every event reached the API
     assert service.stop() == 0
+
+    steady_api = api_factory(count_only=False)
+    steady_group = f"steady-{uuid.uuid4().hex[:8]}"
+    steady_topic = f"{topics['drain']}.steady-{uuid.uuid4().hex[:4]}"
+    create_topics(bootstrap, [steady_topic], partitions=PARTITIONS)
+    steady = start_service(
+        ASAPP_API_BASE_URL=steady_api,
+        KAFKA_GROUP_ID=steady_group,
+        TOPIC_AGENT=steady_topic,
+        **BENCH_SETTINGS,
+        **extra,
+    )
+    wait_until(lambda: steady.metric("asapp_consumer_assigned_partitions") >= 3, 30, "assignment")
+    time.sleep(1.0)  # the group's fetch positions are set before the first steady event
+    n = int(STEADY_RATE * STEADY_S)
+    payloads = bench.values(n, start=10_000_000)
+    ends_steady = bench.produce(bootstrap, steady_topic, payloads, rate_per_s=STEADY_RATE)
+    assert sum(ends_steady.values()) >= n
+    wait_until(lambda: _stats(steady_api)["entities"]["agent"]["items_accepted"] >= n, 60, "steady")
+    receipts = httpx.get(f"{steady_api}/_emulator/receipts", timeout=30).json()
+    lat = _latencies(bootstrap, steady_topic, receipts)
+    assert steady.stop() == 0
+    return {
+        "name": name,
+        "events_per_s": total / elapsed,
+        "cpu_per_100k": cpu / total * 100_000,
+        "rss_mib": rss,
+        "items_per_request": accepted / max(1, stats["requests"]),
+        "p99_s": bench.percentile(lat, 0.99),
+    }
+
+
+def _latencies(bootstrap: str, topic: str, receipts: list[dict[str, Any]]) -> list[float]:
+    """Message timestamp → API receipt, per accepted item (timestamps read back from Kafka)."""
+    stamps: dict[str, float] = {}
+    reader = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"ts-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    reader.subscribe([topic])
+    decoder = PlainAvroDecoder(Entity.AGENT)
+    deadline = time.monotonic() + 60
+    want = len(receipts)
+    try:
+        while len(stamps) < want and time.monotonic() < deadline:
+            for m in reader.consume(1000, 0.5):
+                if m.error() is None:
+                    stamps[str(decoder.decode(m.value())["eventId"])] = m.timestamp()[1] / 1000
+    finally:
+        reader.close()
+    return [r["t_wall"] - stamps[r["event_id"]] for r in receipts if r["event_id"] in stamps]
+
+
+def test_bench_table(env: Env, api_factory: Callable[..., str], start_service) -> None:
+    """The performance issue's table: the bare-loop ceiling, then the service in-process."""
+    n = int(os.environ.get("BENCH_EVENTS", "200000"))
+    tag = uuid.uuid4().hex[:6]
+    topics = {"drain": f"bench.{tag}.drain"}
+    create_topics(env.bootstrap, [topics["drain"]], partitions=PARTITIONS)
+    t0 = time.monotonic()
+    ends = bench.produce(env.bootstrap, topics["drain"], bench.values(n))
+    produced_s = time.monotonic() - t0
+    assert sum(ends.values()) == n
+
+    script = Path(bench.__file__)
+    done = subprocess.run(
+        [sys.executable, str(script), "ceiling", env.bootstrap, topics["drain"], str(n)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    c = json.loads(done.stdout.strip().splitlines()[-1])
+    rows: list[dict[str, Any]] = [
+        {
+            "name": "ceiling: consume → fastavro → map → orjson",
+            "events_per_s": c["events"] / c["seconds"],
+            "cpu_per_100k": c["cpu_s"] / c["events"] * 100_000,
+            "rss_mib": c["rss_mib"],
+        }
+    ]
+    rows.append(_service_row("service, in-process", env, start_service, api_factory, topics, ends))
+    print(f"\nBENCH {n:,} agent events (~562 B Avro, 22 fields) produced in {produced_s:.1f}s")
+    bench.table(rows)
+    service = rows[1]
+    assert service["items_per_request"] > 900, "batches should be nearly full in a drain"
+    assert service["events_per_s"] > 2000
 
 
 def test_one_pod_uses_the_request_allowance_without_exceeding_it(
