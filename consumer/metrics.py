@@ -223,7 +223,8 @@ class Metrics:
             _LATENCY_BUCKETS,
         )
         self.requests_today = gauge(
-            "requests_today", "API requests sent since 00:00 UTC (daily quota use)."
+            "requests_today",
+            "This pod's API requests since 00:00 UTC (the group's: quota_requests_used_today).",
         )
         self.daily_quota = gauge("daily_request_quota", "Configured daily request quota.")
         self.credentials_rejected = gauge(

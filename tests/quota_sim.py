@@ -97,8 +97,11 @@ class _Clock:
 
 
 class _Pod:
-    def __init__(self, n: int, policy: QuotaPolicy, ledger: SharedLedger, clock: _Clock) -> None:
+    def __init__(
+        self, n: int, policy: QuotaPolicy, ledger: SharedLedger, clock: _Clock, step_s: float
+    ) -> None:
         self.name = f"pod-{n}"
+        self.step_s = step_s
         self.clock = clock
         self.rate = policy.rate_limit_rps
         self.tokens = 1.0
@@ -130,7 +133,8 @@ class _Pod:
 
     def _refill(self) -> None:
         now = self.clock.mono()
-        burst = max(1.0, min(self.rate, 10.0))
+        # the real throttle waits between tokens; a step of the model may hold several
+        burst = max(1.0, self.rate * self.step_s)
         self.tokens = min(burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
 
@@ -208,7 +212,7 @@ def simulate(
         linger_s=linger_s,
         entities=len(ENTITIES),
     )
-    fleet = [_Pod(n, policy, ledger, clock) for n in range(pods)]
+    fleet = [_Pod(n, policy, ledger, clock, step_s) for n in range(pods)]
     result = Result()
     owed = dict.fromkeys(ENTITIES, 0.0)
     # events in Kafka not yet consumed, per entity: [count, arrival unix time] chunks
@@ -254,3 +258,42 @@ def simulate(
             minute[0] = 0
             minute_end += 60
     return result
+
+
+PROFILES = (
+    Profile("steady trickle (2 events/s per entity)", trickle(2.0)),
+    Profile("business hours (peak 20/s per entity at 13:00)", business_hours(20.0, 0.5)),
+    Profile(
+        "5M-event backfill at 09:00 on a 2/s trickle",
+        trickle(2.0),
+        bursts={9 * 3600.0: 5_000_000 // len(ENTITIES)},
+    ),
+)
+
+
+def cost_report(quota: int = 50_000, step_s: float = 1.0) -> list[dict[str, object]]:
+    """Every profile over a whole day, on 1 and 3 pods: the rows of the README's table."""
+    rows: list[dict[str, object]] = []
+    for profile in PROFILES:
+        for pods in (1, 3):
+            r = simulate(profile, pods=pods, quota=quota, step_s=step_s)
+            rows.append(
+                {
+                    "profile": profile.name,
+                    "pods": pods,
+                    "requests": f"{r.requests:,} of {quota:,}",
+                    "items/request": round(r.items_per_request, 1),
+                    "wait p50 s": round(r.wait(0.5), 1),
+                    "wait p99 s": round(r.wait(0.99), 1),
+                    "wait max s": round(r.wait(1.0), 1),
+                    "wall hit": "yes" if r.wall_hit else "no",
+                }
+            )
+    return rows
+
+
+def markdown(rows: list[dict[str, object]]) -> str:
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)

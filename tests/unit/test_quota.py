@@ -16,7 +16,7 @@ from consumer.quota import (
     seconds_to_midnight,
     utc_day,
 )
-from tests.quota_sim import Profile, business_hours, simulate, trickle
+from tests.quota_sim import Profile, business_hours, cost_report, markdown, simulate, trickle
 
 MIDNIGHT = 1_796_083_200.0  # 2026-12-01 00:00 UTC
 POLICY = QuotaPolicy(
@@ -300,3 +300,13 @@ def test_lingering_batches_are_metered_at_the_paced_rate_when_tight() -> None:
     assert rig.pacer.linger_allowance() == 0
     rig.mono += 1 / budget_now.linger_rps
     assert rig.pacer.linger_allowance() == 1
+
+
+@pytest.mark.slow
+def test_cost_report_of_a_simulated_day() -> None:
+    """``make bench``: the README's "API economy" table, printed."""
+    rows = cost_report()
+    print("\n" + markdown(rows))
+    for row in rows:
+        assert row["wall hit"] == "no"
+        assert row["wait max s"] <= 60 + 1 or "backfill" in str(row["profile"])
