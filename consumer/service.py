@@ -176,7 +176,13 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
         stall_timeout_s=settings.health_stall_timeout_s,
     )
     metrics.ready.set_function(lambda: 1.0 if probe.ready()[0] else 0.0)
-    health = HealthServer(registry=registry, probe=probe, port=settings.metrics_port)
+    try:
+        health = HealthServer(registry=registry, probe=probe, port=settings.metrics_port)
+    except OSError as exc:  # taken between the CLI's check and here, or no check was made
+        raise ConfigError(
+            f"METRICS_PORT={settings.metrics_port} cannot be bound ({exc.strerror or exc}): "
+            "free it or set METRICS_PORT to another port"
+        ) from exc
     return Service(settings, metrics, pipeline, health, sink, dead_letters, credentials, ledger)
 
 
