@@ -187,3 +187,40 @@ def test_bytes_are_counted_per_entity() -> None:
     # A different entity's item does not count towards the agent batch.
     assert b.add(item(Entity.CONVERSATION, size=100)) == []
     assert b.open_items() == 2
+
+
+@pytest.mark.parametrize(
+    "limit, max_wait_s, expected",
+    [
+        pytest.param(None, None, [Entity.CUSTOMER, Entity.AGENT, Entity.CONVERSATION], id="all"),
+        pytest.param(1, None, [Entity.CUSTOMER], id="paced-oldest-first"),
+        pytest.param(0, None, [], id="no-turn-yet"),
+        pytest.param(0, 3.0, [Entity.CUSTOMER], id="overdue-goes-anyway"),
+        pytest.param(2, 3.0, [Entity.CUSTOMER, Entity.AGENT], id="overdue-counts-in-the-limit"),
+    ],
+)
+def test_due_batches_close_oldest_first_within_the_pacing_limit(
+    limit: int | None, max_wait_s: float | None, expected: list[Entity]
+) -> None:
+    clock = FakeClock()
+    b = batcher(clock)
+    for entity in (Entity.CUSTOMER, Entity.AGENT, Entity.CONVERSATION):  # opened 1 s apart
+        b.add(item(entity))
+        clock.now += 1.0
+    clock.now += 0.5  # ages: customer 3.5 s, agent 2.5 s, conversation 1.5 s
+    closed = b.due(limit=limit, max_wait_s=max_wait_s)
+    assert [c.entity for c in closed] == expected
+    assert b.open_batches() == 3 - len(expected)  # the others keep filling
+
+
+def test_replace_keeps_the_batch_order_and_its_exact_size() -> None:
+    b = batcher()
+    b.track_keys = True
+    first, second, newer = item(), item(), item()
+    first.key, second.key, newer.key = "a", "b", "a"
+    b.add(first)
+    b.add(second)
+    assert b.replace(newer) is first
+    [batch] = b.flush("test")
+    assert batch.items == [newer, second]
+    assert batch.body_bytes == body_size(batch.items)
