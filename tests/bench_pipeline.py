@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -233,11 +234,70 @@ def table(rows: Sequence[Mapping[str, Any]], out: Callable[[str], None] = print)
             out("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
+#: Profile categories: the innermost frame matching one of these (substring of the frame)
+#: names the sample's category. Order matters only within one frame.
+_CATEGORIES = (
+    ("prometheus_client", "metrics"),
+    ("accept (<string>", "fast accept (validation.py)"),
+    ("(<string>", "JSON Schema (fastjsonschema)"),
+    ("fastjsonschema", "JSON Schema (fastjsonschema)"),
+    ("consumer/validation.py", "validation.py (+ orjson)"),
+    ("fastavro", "Avro decode"),
+    ("consumer/decoder.py", "Avro decode"),
+    ("consumer/mapping.py", "mapping"),
+    ("consumer/records.py", "value objects (records.py)"),
+    ("dataclasses", "value objects (records.py)"),
+    ("consumer/offsets.py", "offset tracking"),
+    ("to_message", "consume + wrap (kafka.py)"),
+    ("consumer/kafka.py", "consume + wrap (kafka.py)"),
+    ("consumer/dispatch.py", "dispatch + batching"),
+    ("consumer/batcher.py", "dispatch + batching"),
+    ("_complete", "completions"),
+    ("_drain_completions", "completions"),
+    ("consumer/ingest.py", "ingest step (own lines)"),
+    ("consumer/pipeline.py", "loop (own lines)"),
+)
+
+
+def breakdown(path: str) -> dict[str, dict[str, int]]:
+    """Samples per thread, per category, of a py-spy ``--format raw --threads`` file."""
+    out: dict[str, dict[str, int]] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        thread = frames[0].split(": ", 1)[-1]
+        thread = "poll loop" if thread == "MainThread" else thread.rstrip("0123456789_-")
+        category = "other"
+        for frame in reversed(frames[1:]):
+            hit = next((c for key, c in _CATEGORIES if key in frame), None)
+            if hit is not None:
+                category = hit
+                break
+        per = out.setdefault(thread, {})
+        per[category] = per.get(category, 0) + int(count)
+    return out
+
+
+def print_breakdown(path: str) -> None:
+    data = breakdown(path)
+    total = sum(sum(v.values()) for v in data.values())
+    for thread, per in sorted(data.items(), key=lambda kv: -sum(kv[1].values())):
+        n = sum(per.values())
+        print(f"{thread}: {n} samples, {100 * n / total:.0f} % of all")
+        if n < total / 20:
+            continue
+        for category, k in sorted(per.items(), key=lambda kv: -kv[1]):
+            print(f"    {100 * k / n:5.1f} %  {category}")
+
+
 def main(argv: Sequence[str]) -> int:
     if len(argv) == 4 and argv[0] == "ceiling":
         print(json.dumps(ceiling(argv[1], argv[2], int(argv[3]))))
         return 0
-    print("usage: bench_pipeline.py ceiling BOOTSTRAP TOPIC N", file=sys.stderr)
+    if len(argv) == 2 and argv[0] == "breakdown":
+        print_breakdown(argv[1])
+        return 0
+    print("usage: bench_pipeline.py ceiling BOOTSTRAP TOPIC N | breakdown FILE", file=sys.stderr)
     return 2
 
 

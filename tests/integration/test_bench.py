@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -139,6 +140,7 @@ def _service_row(
     )
     wait_until(lambda: service.metric("asapp_consumer_assigned_partitions") >= 3, 30, "assignment")
     pid = service.proc.pid
+    profiler = _profiler(pid, name)
     started, cpu0 = time.monotonic(), bench.cpu_seconds(pid)
     bootstrap = env.bootstrap
 
@@ -148,6 +150,9 @@ def _service_row(
 
     wait_until(drained, 600, "the backlog committed", every_s=0.25)
     elapsed, cpu = time.monotonic() - started, bench.cpu_seconds(pid) - cpu0
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)
+        profiler.wait(30)
     rss = bench.peak_rss_mib(pid)
     stats = _stats(drain_api)
     accepted = stats["entities"]["agent"]["items_accepted"]
@@ -183,6 +188,37 @@ def _service_row(
         "items_per_request": accepted / max(1, stats["requests"]),
         "p99_s": bench.percentile(lat, 0.99),
     }
+
+
+def _profiler(pid: int, name: str) -> subprocess.Popen[bytes] | None:
+    """With ``BENCH_PROFILE_DIR`` set, py-spy samples the service during the drain and writes
+    collapsed stacks (one file per row, per thread, only samples holding the GIL: CPU, not
+    waits) there; ``tests/bench_pipeline.py
+    breakdown FILE`` summarises one."""
+    folder = os.environ.get("BENCH_PROFILE_DIR")
+    if not folder:
+        return None
+    slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
+    out = Path(folder) / f"{slug}.txt"
+    spy = Path(sys.executable).with_name("py-spy")
+    proc = subprocess.Popen(
+        [
+            str(spy),
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--threads",
+            "--gil",
+            "-o",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)  # attached before the drain is timed
+    return proc
 
 
 def _latencies(bootstrap: str, topic: str, receipts: list[dict[str, Any]]) -> list[float]:

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import pytest
+from fastjsonschema import JsonSchemaValueException
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from consumer.records import Entity
-from consumer.validation import ItemValidator, item_schema, load_spec, validator_for
+from consumer.validation import (
+    _FORMATS as FORMATS,
+)
+from consumer.validation import (
+    ItemValidator,
+    _class_chars,
+    _never,
+    item_schema,
+    load_spec,
+    validator_for,
+)
 
 AGENT, CONVO, CUSTOMER = Entity.AGENT, Entity.CONVERSATION, Entity.CUSTOMER
 
@@ -463,3 +477,83 @@ def test_spec_examples_include_the_known_typo() -> None:
     typos = [p for p in SPEC_EXAMPLES if "externlConversationId" in p.values[2]]  # type: ignore[operator]
     assert len(typos) == 1
     assert len(SPEC_EXAMPLES) >= 12
+
+
+# --- the fast accept: a shortcut that never changes a result -------------------------------
+
+
+def _general(entity: Entity, item: Any) -> bool:
+    """Whether fastjsonschema alone (no shortcut) accepts ``item``."""
+    validator = validator_for(entity)
+    try:
+        validator._check(item, FORMATS)
+    except JsonSchemaValueException:
+        return False
+    return True
+
+
+def test_every_entity_has_a_fast_accept() -> None:
+    for entity in Entity:
+        assert validator_for(entity)._accept is not _never, entity
+
+
+@pytest.mark.parametrize(("entity", "item"), VALID)
+def test_fast_accept_takes_the_valid_items(entity: Entity, item: dict[str, Any]) -> None:
+    assert validator_for(entity)._accept(item)
+
+
+@pytest.mark.parametrize(("entity", "item", "reason"), INVALID)
+def test_fast_accept_refuses_the_invalid_items(
+    entity: Entity, item: dict[str, Any], reason: str
+) -> None:
+    assert not validator_for(entity)._accept(item)
+
+
+def test_fast_accept_agrees_with_fastjsonschema_on_a_realistic_mix() -> None:
+    bench = importlib.import_module("tests.bench_validation")
+    items = bench.realistic_items(3000)
+    for entity, item in items:
+        assert validator_for(entity)._accept(item) == _general(entity, item), item
+
+
+_ALL_FIELDS = {name for e in Entity for name in item_schema(e)["properties"]} | {"bogus"}
+
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=30),
+    st.sampled_from(["", "a", "a-b_c", "a b", "a\n", "x@y.z", "2024-01-02T03:04:05.678Z"]),
+    st.lists(st.text(max_size=5), max_size=12),
+    st.lists(st.fixed_dictionaries({"name": st.text(max_size=3), "value": st.text(max_size=3)})),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    entity=st.sampled_from(list(Entity)),
+    changes=st.dictionaries(st.sampled_from(sorted(_ALL_FIELDS)), _VALUES, max_size=6),
+)
+def test_fast_accept_never_accepts_what_fastjsonschema_rejects(
+    entity: Entity, changes: dict[str, Any]
+) -> None:
+    item = {**MINIMAL[entity], **changes}
+    if validator_for(entity)._accept(item):
+        assert _general(entity, item), item
+
+
+@pytest.mark.parametrize(
+    ("body", "chars"),
+    [
+        pytest.param(r"a-c", "abc", id="range"),
+        pytest.param(r"a-c\-\_", "abc-_", id="escaped-punctuation"),
+        pytest.param(r"-a", "-a", id="leading-dash-literal"),
+        pytest.param(r"a\-", "a-", id="trailing-escaped-dash"),
+        pytest.param(r"\d", None, id="class-escape-unsupported"),
+        pytest.param(r"z-a", None, id="reversed-range"),
+        pytest.param(r"a^", None, id="caret"),
+    ],
+)
+def test_class_chars(body: str, chars: str | None) -> None:
+    assert _class_chars(body) == chars
