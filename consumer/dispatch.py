@@ -169,6 +169,12 @@ class Dispatcher:
         the request ledger, so the group's budget follows demand)."""
         return float(self.batcher.open_batches() + len(self._inflight))
 
+    def all_retrying(self, tps: set[TopicPartition] | None = None) -> bool:
+        """Batches touching ``tps`` (any when None) are in flight and every one of them is
+        waiting in a retry backoff: none can finish before its next attempt."""
+        flights = [f for f in self._inflight.values() if tps is None or f.partitions & tps]
+        return bool(flights) and all(f.batch.retrying for f in flights)
+
     def deferred_count(self) -> int:
         return sum(len(q) for q in self._deferred.values())
 

@@ -60,6 +60,9 @@ __all__ = ["Decoder", "Pipeline", "PipelineConfig"]
 
 log = logging.getLogger(__name__)
 
+#: How long a handover keeps waiting once every batch left is in a retry backoff.
+STUCK_GRACE_S = 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
@@ -252,7 +255,7 @@ class Pipeline:
         try:
             self.dispatch.flush(reason)  # 1
             until = deadline.until(commit_s + close_s + flush_s, floor_s=0.5)  # 2
-            self._wait_for(lambda: self.dispatch.settled(tps) and self.outbox.settled(tps), until)
+            self._wait_for(self._handed_over(tps), until)
             abandoned = self.dispatch.cancel(  # 3
                 (lambda parts: True) if tps is None else (lambda parts: bool(parts & tps))
             )
@@ -270,6 +273,27 @@ class Pipeline:
         finally:
             self._handing_over = set()
         return abandoned
+
+    def _handed_over(self, tps: set[TopicPartition] | None) -> Callable[[], bool]:
+        """The handover's wait condition: every batch and dead letter of ``tps`` finished —
+        or the only batches left have all been waiting in a retry backoff for
+        ``STUCK_GRACE_S`` (the API is failing: waiting out the bound would only delay the
+        stop; they stay uncommitted and are read again)."""
+        stuck_since: list[float] = []
+
+        def done() -> bool:
+            if not self.outbox.settled(tps):
+                return False
+            if self.dispatch.settled(tps):
+                return True
+            if not self.dispatch.all_retrying(tps):
+                stuck_since.clear()
+                return False
+            if not stuck_since:
+                stuck_since.append(self.clock())
+            return self.clock() - stuck_since[0] >= STUCK_GRACE_S
+
+        return done
 
     # ------------------------------------------------------------------ rebalance
     def on_assign(self, tps: list[TopicPartition]) -> None:

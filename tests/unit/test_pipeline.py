@@ -820,3 +820,28 @@ def test_buffered_bytes_bound_pauses_every_partition() -> None:
     rig.turn()
     assert rig.source.paused == {tp(0), tp(1)}
     assert rig.sample("buffered_bytes") == 2 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "retrying, expected_s",
+    [
+        pytest.param(True, 1.0, id="all-in-backoff-stops-after-the-grace"),
+        pytest.param(False, 10.0 - 2.5 - 2.0 - 1.0, id="a-request-on-the-wire-is-waited-for"),
+    ],
+)
+def test_shutdown_does_not_wait_out_its_bound_for_batches_stuck_in_backoff(
+    retrying: bool, expected_s: float
+) -> None:
+    # shutdown bound 10 s: 2.5 s kept for the commit, 2 s for the close, 1 s for the DLQ flush
+    rig = Rig(max_items=2, shutdown_timeout_s=10.0)
+    rig.sender.abandon_cancelled = True
+    rig.source.feed(*(rig.msg(0, o) for o in range(4)))
+    rig.turn()
+    for batch in rig.sender.submitted:
+        batch.retrying = retrying  # the API is down: both wait for their next attempt
+    started = rig.clock.now
+    rig.pipeline.request_stop()
+    rig.pipeline.shutdown()
+    assert rig.clock.now - started == pytest.approx(expected_s, abs=0.11)
+    assert all(b.cancel.is_set() for b in rig.sender.submitted)
+    assert rig.committed(0) in (None, 0)  # nothing finished, nothing committed past it
