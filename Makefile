@@ -31,7 +31,7 @@ tools: $(STAMP)
 
 ## test: the full suite CI runs (unit, integration against the real broker, deploy, monitoring)
 test: tools
-	CHECKOV_BIN=$(CURDIR)/.venv-checkov/bin/checkov $(BIN)/pytest -q
+	CHECKOV_BIN=$(CURDIR)/.venv-checkov/bin/checkov $(BIN)/pytest -q --durations=15
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
