@@ -253,16 +253,24 @@ def _ktp(tp: TopicPartition, offset: int | None = None) -> KTopicPartition:
 
 
 def to_message(m: KMessage) -> Message:
-    """confluent_kafka.Message → our value type."""
+    """confluent_kafka.Message → our value type (the hot path: one call per message, so
+    positional arguments and no work for the usual bytes key/value and absent headers)."""
     ts_type, ts = m.timestamp()
     headers = m.headers()
     key, value = m.key(), m.value()
+    topic, partition, offset = m.topic(), m.partition(), m.offset()
     return Message(
-        position=Position(str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)),
-        key=key.encode() if isinstance(key, str) else key,
-        value=value.encode() if isinstance(value, str) else value,
-        timestamp_ms=ts if ts_type != 0 and ts >= 0 else None,
-        headers=tuple((k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in headers)
+        Position(
+            topic if type(topic) is str else str(topic),
+            partition if type(partition) is int else int(partition or 0),
+            offset if type(offset) is int else int(offset or 0),
+        ),
+        key.encode() if isinstance(key, str) else key,
+        value.encode() if isinstance(value, str) else value,
+        ts if ts_type != 0 and ts >= 0 else None,
+        ()
+        if headers is None
+        else tuple((k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in headers)
         if isinstance(headers, list)
         else (),
     )
@@ -1384,3 +1392,108 @@ class QuotaLedger:
                 exc,
                 extra={"event": "quota_ledger_close_failed", "topic": self.topic},
             )
+
+
+# --------------------------------------------------------------------------- event producer
+# ``metadata-consumer produce`` (backfill, sample events) and ``produce-samples``: events to
+# the entity topics. Unlike the dead-letter producer it answers "can I reach the cluster and
+# does the topic exist" first, within seconds, so an operator's typo is a clear error and
+# not thirty seconds of librdkafka retries.
+
+#: ``client.id`` of the event producer.
+EVENT_PRODUCER_CLIENT_ID = "asapp-metadata-consumer-produce"
+
+
+def event_producer_config(settings: Settings) -> dict[str, Any]:
+    """The event producer's librdkafka config: the DLQ producer's (idempotent, acks=all, the
+    shared ``KAFKA_*`` connection properties) with its own ``client.id`` and a longer linger
+    for throughput."""
+    return {**producer_config(settings), "client.id": EVENT_PRODUCER_CLIENT_ID, "linger.ms": 20}
+
+
+class EventProducer:
+    """Produces keyed events and counts their acknowledgements (callbacks run in ``poll``).
+
+    - :meth:`partitions` reads the topic's partition count from the cluster metadata
+      (listing all topics, which never auto-creates one) within ``timeout_s``; raises
+      BrokerError naming the bootstrap servers and the last client error when no broker
+      answers; returns 0 when the topic does not exist.
+    - :meth:`produce` queues one record, waiting for room when the local queue is full.
+    - :meth:`flush` waits up to its bound; records still unacknowledged then are purged and
+      counted in :attr:`failed`, so closing never blocks.
+    - librdkafka's own log lines are not printed; the latest client error is kept in
+      :attr:`last_error`, the first delivery errors in :attr:`errors`.
+
+    Raises ConfigError (naming the ``KAFKA_*`` variable) when librdkafka refuses ``config``.
+    """
+
+    def __init__(self, config: Mapping[str, Any], *, timeout_s: float = 5.0) -> None:
+        self._timeout_s = timeout_s
+        self._bootstrap = str(config.get("bootstrap.servers", ""))
+        self.last_error: str | None = None
+        self.delivered = 0
+        self.failed = 0
+        self.errors: list[str] = []
+        full: dict[str, Any] = {
+            "socket.connection.setup.timeout.ms": max(1000, int(timeout_s * 1000)),
+            **config,
+            "error_cb": self._on_error,
+            "logger": _SILENT,
+        }
+        try:
+            self._producer = Producer(full)
+        except KafkaException as exc:
+            raise _config_error(exc) from exc
+
+    def _on_error(self, err: KafkaError) -> None:
+        self.last_error = _text(err)
+
+    def partitions(self, topic: str) -> int:
+        """The topic's partition count, 0 when the cluster does not have it (see class doc)."""
+        try:
+            meta = self._producer.list_topics(timeout=self._timeout_s)
+        except KafkaException as exc:
+            detail = f" (last client error: {self.last_error})" if self.last_error else ""
+            raise BrokerError(
+                f"cannot reach the Kafka cluster at {self._bootstrap} within "
+                f"{self._timeout_s:g}s{detail}"
+            ) from exc
+        t = meta.topics.get(topic)
+        return 0 if t is None or t.error is not None else len(t.partitions)
+
+    def _delivered(self, err: KafkaError | None, _msg: KMessage) -> None:
+        if err is None:
+            self.delivered += 1
+            return
+        self.failed += 1
+        if len(self.errors) < 5:
+            self.errors.append(_text(err))
+
+    def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Queue one record for ``topic`` (partitioned by ``key``); raises BrokerError when
+        librdkafka refuses it (e.g. larger than ``message.max.bytes``)."""
+        while True:
+            try:
+                self._producer.produce(topic, key=key, value=value, on_delivery=self._delivered)
+                break
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                raise translate(exc, f"producing to {topic}") from exc
+        self._producer.poll(0)
+
+    def poll(self) -> None:
+        """Serve delivery callbacks without waiting."""
+        self._producer.poll(0)
+
+    def flush(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for every acknowledgement; returns how many records were
+        still unacknowledged (purged and counted as failed)."""
+        remaining = int(self._producer.flush(timeout_s))
+        if remaining:
+            self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+            self._producer.flush(0)
+            self.failed += remaining
+            if self.last_error and len(self.errors) < 5:
+                self.errors.append(self.last_error)
+        return remaining

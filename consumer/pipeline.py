@@ -342,39 +342,64 @@ class Pipeline:
 
     # ------------------------------------------------------------------ ingest
     def _process(self, messages: Sequence[Message]) -> None:
+        """Track, ingest and route one consumed batch, in order. Per-batch rather than
+        per-message work where it is the same: the held partitions are read once (and kept in
+        step with what this batch holds), a partition's generation once (nothing in here
+        rewinds or releases a partition after the tracking pass), metrics once per label."""
         if not messages:
             return
+        entities = self.config.topic_entities
+        tracker, holds = self.tracker, self.holds
+        held = holds.partitions()
         consumed: Counter[str] = Counter()
         fresh: list[Message] = []
-        entities = self.config.topic_entities
         for message in messages:
             pos = message.position
-            if pos.topic not in entities:  # not subscribed: only a misbehaving broker does it
+            topic = pos.topic
+            if topic not in entities:  # not subscribed: only a misbehaving broker does it
                 log.error(
                     "message from unexpected topic %s", pos, extra={"event": "unexpected_topic"}
                 )
                 continue
-            consumed[pos.topic] += 1
-            size = len(message.value) if message.value is not None else 0
+            consumed[topic] += 1
+            value = message.value
+            size = len(value) if value is not None else 0
             try:
-                self.tracker.track(pos, size)
+                tracker.track(pos, size)
             except ValueError:
                 self._rewind(message)
-                self.tracker.track(pos, size)
-            if pos.tp in self.holds:
-                self.holds.append(message)
+                held = holds.partitions()
+                tracker.track(pos, size)
+            if pos.tp in held:
+                holds.append(message)
             else:
                 fresh.append(message)
         for topic, n in consumed.items():
             self.metrics.messages_consumed.labels(entities[topic].value, topic).inc(n)
-        for message, result in zip(fresh, self.ingest(fresh), strict=True):
-            if message.position.tp in self.holds:  # an earlier one of its partition waits
-                self.holds.append(message)
-            elif isinstance(result, Unavailable):
-                self._count_unavailable(message)
-                self.holds.hold(message, result.error, result.retry_after_s)
-            else:
-                self._route(result)
+        generations: dict[TopicPartition, int] = {}
+        mapped: dict[Entity, int] = {}
+        add = self.dispatch.add
+        try:
+            for message, result in zip(fresh, self.ingest(fresh), strict=True):
+                tp = message.position.tp
+                if tp in held:  # an earlier one of its partition waits
+                    holds.append(message)
+                elif type(result) is Item:
+                    generation = generations.get(tp)
+                    if generation is None:
+                        generation = generations[tp] = tracker.generation(tp)
+                    result.generation = generation
+                    mapped[result.entity] = mapped.get(result.entity, 0) + 1
+                    add(result)
+                elif isinstance(result, Unavailable):
+                    self._count_unavailable(message)
+                    holds.hold(message, result.error, result.retry_after_s)
+                    held.add(tp)
+                else:
+                    self._route(result)
+        finally:
+            for entity, n in mapped.items():
+                self._mapped[entity].inc(n)
 
     def _route(self, result: Item | DeadLetter) -> None:
         tp = result.message.position.tp

@@ -42,17 +42,32 @@ class TopicPartition:
         return f"{self.topic}[{self.partition}]"
 
 
+#: One TopicPartition per (topic, partition) seen in a Position: the key every per-partition
+#: map is looked up with for every message, built once (a dict lookup by an identical key
+#: skips ``__eq__``). Bounded by the partitions this process ever consumed.
+_INTERNED: dict[tuple[str, int], TopicPartition] = {}
+
+
+def interned(topic: str, partition: int) -> TopicPartition:
+    """The shared TopicPartition of ``(topic, partition)`` (equal to a new one, only cheaper)."""
+    tp = _INTERNED.get((topic, partition))
+    if tp is None:
+        tp = _INTERNED.setdefault((topic, partition), TopicPartition(topic, partition))
+    return tp
+
+
 @dataclass(frozen=True, slots=True)
 class Position:
-    """Where a message sits: its ``offset``; the offset to commit after it is ``next_offset``."""
+    """Where a message sits: its ``offset``; the offset to commit after it is ``next_offset``.
+    ``tp`` is its partition (interned, set on construction: read several times per message)."""
 
     topic: str
     partition: int
     offset: int
+    tp: TopicPartition = field(init=False, repr=False, compare=False, hash=False)
 
-    @property
-    def tp(self) -> TopicPartition:
-        return TopicPartition(self.topic, self.partition)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tp", interned(self.topic, self.partition))
 
     @property
     def next_offset(self) -> int:

@@ -398,12 +398,14 @@ class _AcceptCompiler:
             parts.append(f"len({var}) <= {int(node['maxItems'])}")
         if "minItems" in node:
             parts.append(f"len({var}) >= {int(node['minItems'])}")
-        if "items" in node:
-            each = self._name("x")
-            inner = self.expr(node["items"], each)
+        if "items" in node:  # a loop in a function of its own: cheaper than all(genexpr)
+            inner = self.expr(node["items"], "x")
             if inner is None:
                 return None
-            parts.append(f"all({inner} for {each} in {var})")
+            name = self._name("A")
+            source = f"def {name}(v):\n    for x in v:\n        if not {inner}:\n"
+            exec(f"{source}            return False\n    return True\n", self.names)  # noqa: S102
+            parts.append(f"{name}({var})")
         return "(" + " and ".join(parts) + ")"
 
     def _object(self, node: dict[str, Any], var: str) -> str | None:
@@ -432,7 +434,7 @@ def _accept(
     expr = compiler.expr(dict(schema), "item")
     if expr is None:
         return None
-    namespace = dict(compiler.names)
+    namespace = compiler.names
     exec(f"def accept(item):\n    return bool({expr})\n", namespace)
     return cast(Callable[[Any], bool], namespace["accept"])
 

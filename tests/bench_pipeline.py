@@ -239,6 +239,9 @@ def table(rows: Sequence[Mapping[str, Any]], out: Callable[[str], None] = print)
 _CATEGORIES = (
     ("prometheus_client", "metrics"),
     ("accept (<string>", "fast accept (validation.py)"),
+    ("__eq__ (<string>", "value objects (records.py)"),  # dataclass-generated methods
+    ("__hash__ (<string>", "value objects (records.py)"),
+    ("__init__ (<string>", "value objects (records.py)"),
     ("(<string>", "JSON Schema (fastjsonschema)"),
     ("fastjsonschema", "JSON Schema (fastjsonschema)"),
     ("consumer/validation.py", "validation.py (+ orjson)"),
