@@ -14,7 +14,12 @@ Commands:
 - ``dlq inspect``: counts and samples of the dead letters (:mod:`consumer.inspect_dlq`).
 - ``dlq replay``: re-publish dead-lettered records to their source topics (dry run by default).
 - ``emulate-api``: the emulated ASAPP Metadata Ingestion API (sandbox).
-- ``produce-samples``: produce realistic events to the entity topics (sandbox).
+- ``produce``: API-shaped JSON Lines (or ``--generate N`` sample events) to the entity topics
+  (:mod:`consumer.backfill`).
+- ``schemas check``: our Avro schemas against the API spec, and a candidate's backward
+  compatibility (:mod:`consumer.schema_check`).
+- ``produce-samples``: produce realistic events to the entity topics (sandbox; ``produce
+  --generate`` is the same with the service's configuration).
 
 The sandbox commands import :mod:`consumer.sandbox` lazily: this is the only module of the
 service that may import it (``tests/unit/test_imports.py``).
@@ -29,6 +34,7 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from consumer import __version__
 from consumer.errors import ConfigError
@@ -199,6 +205,70 @@ def parser() -> argparse.ArgumentParser:
     quota.add_argument(
         "--timeout-s", type=float, default=10.0, help="bound of the ledger read (default 10)"
     )
+    produce = sub.add_parser(
+        "produce",
+        help="produce API-shaped JSON Lines (or sample events) as Avro to the entity topics",
+        description=(
+            "Read one API item per line (the JSON the API takes, e.g. "
+            '{"externalAgentId": "agent1", "agentName": "Jane Doe"}), check it against the '
+            "API's constraints and the Avro schema, and produce it to the entity's topic "
+            "(TOPIC_<ENTITY>, configured from the environment like run) keyed by the entity "
+            "id: plain Avro, or the registry framing when SCHEMA_REGISTRY_URL is set. Bad "
+            "lines are reported on stderr as 'line N: reason' and skipped."
+        ),
+        formatter_class=_RAW,
+        epilog=_epilog(
+            "  metadata-consumer produce --entity agent agents.jsonl\n"
+            "  metadata-consumer produce --entity customer --dry-run customers.jsonl\n"
+            "  zcat backfill.jsonl.gz | metadata-consumer produce --entity agent --rate 500 -\n"
+            "  metadata-consumer produce --generate 100            # sample events, every entity",
+            "  0  every line produced and acknowledged (or valid, with --dry-run)\n"
+            "  1  a line was bad or not acknowledged; the broker did not answer; no topic\n"
+            "  2  configuration or usage error",
+        ),
+    )
+    produce.add_argument("file", nargs="?", help="JSON Lines file, - for stdin")
+    produce.add_argument("--entity", choices=[e.value for e in Entity])
+    produce.add_argument("--topic", help="produce here instead of TOPIC_<ENTITY>")
+    produce.add_argument("--generate", type=int, metavar="N", help="N sample events per entity")
+    produce.add_argument("--rate", type=float, metavar="N", help="at most N events/s")
+    produce.add_argument(
+        "--dry-run", action="store_true", help="check and count only (contacts nothing)"
+    )
+    produce.add_argument(
+        "--timeout-s", type=float, default=5.0, help="bound of the broker check (default 5)"
+    )
+    schemas = sub.add_parser(
+        "schemas",
+        help="schema tools",
+        formatter_class=_RAW,
+        epilog=_epilog("  metadata-consumer schemas check", "  see schemas check --help"),
+    )
+    schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True)
+    schemas_check = schemas_sub.add_parser(
+        "check",
+        help="check our schemas against the API spec; a candidate's backward compatibility",
+        description=(
+            "Check each schemas/*.avsc against the API spec (every field is an API property "
+            "of a matching type; required ids non-null; enum symbols and defaults within the "
+            "API's patterns, lengths and enums). With CANDIDATE files: check each against the "
+            "spec too, and whether it is backward compatible with the current schema of its "
+            "entity (Avro schema resolution: the consumer, reading with the current schema, "
+            "can read what a producer writes with the candidate). The entity is the record's "
+            "name (AgentMetadata...), else --entity, else the file name (agent.avsc...)."
+        ),
+        formatter_class=_RAW,
+        epilog=_epilog(
+            "  metadata-consumer schemas check\n"
+            "  metadata-consumer schemas check agent-v2.avsc --json",
+            "  0  every schema fits the API and every candidate is compatible\n"
+            "  1  a problem or an incompatibility (each listed)\n"
+            "  2  usage error (an unreadable file, an unknown entity)",
+        ),
+    )
+    schemas_check.add_argument("candidates", nargs="*", metavar="CANDIDATE.avsc")
+    schemas_check.add_argument("--entity", choices=[e.value for e in Entity])
+    schemas_check.add_argument("--json", action="store_true", help="print the report as JSON")
     sub.add_parser(
         "emulate-api", help="run the emulated ASAPP API (see emulate-api --help)", add_help=False
     )
@@ -241,12 +311,37 @@ def _run() -> int:
     return service.run_from_environment()
 
 
+class _DefaultsHelp(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Raw description and epilog, and every option's default in its help."""
+
+
+def _emulate_api_help(api: ModuleType) -> int:
+    """``emulate-api --help`` with every default shown (port, credentials) and an example."""
+    p = api._parser()
+    p.prog = "metadata-consumer emulate-api"
+    p.formatter_class = _DefaultsHelp
+    for action in p._actions:
+        if action.help is None and action.default is not argparse.SUPPRESS:
+            action.help = "default: %(default)s"
+    p.epilog = _epilog(
+        "  metadata-consumer emulate-api --port 8080\n"
+        "  ASAPP_API_BASE_URL=http://127.0.0.1:8080 \\\n"
+        f"    ASAPP_API_ID={api.DEFAULT_API_ID} ASAPP_API_SECRET={api.DEFAULT_API_SECRET} \\\n"
+        "    metadata-consumer run",
+        "  0  stopped by SIGTERM/SIGINT\n  2  usage error",
+    )
+    p.print_help()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``) and run the command; returns its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "emulate-api":  # their own parsers take the rest of the line
         from consumer.sandbox import api
 
+        if {"-h", "--help"} & set(argv[1:]):
+            return _emulate_api_help(api)
         return int(api.main(argv[1:]))
     if argv and argv[0] == "produce-samples":
         from consumer.sandbox import produce
@@ -269,6 +364,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout_s=args.timeout_s,
             hold_s=args.hold_s,
         )
+    if args.command == "produce":
+        from consumer import backfill
+
+        generator = None
+        if args.generate is not None:
+            from consumer.sandbox.events import generate
+
+            def generator(entity: Entity, n: int) -> list[dict[str, object]]:
+                return generate(entity, n, seed=7)
+
+        return backfill.main(args, generator=generator)
+    if args.command == "schemas":
+        import consumer.schema_check as schema_check
+
+        return schema_check.main(args)
     if args.command == "quota":
         from consumer import quota_report
 

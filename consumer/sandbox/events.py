@@ -20,22 +20,19 @@ Two streams for the end-to-end fault cases:
   beyond the API's ``maxLength``, sized so its plain encoding is exactly ``size_bytes`` (a
   dead letter carrying it is larger than a producer's default ``message.max.bytes`` of 1 MB).
 
-:func:`encode_plain` and :func:`encode_confluent` produce the two wire formats the decoder reads.
+:func:`encode_plain` and :func:`encode_confluent` (from :mod:`consumer.avro_encode`, re-exported
+here) produce the two wire formats the decoder reads.
 """
 
 from __future__ import annotations
 
-import io
 import random
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import fastavro
-from fastavro.types import Schema as AvroSchema
-
+from consumer.avro_encode import encode_confluent, encode_plain
 from consumer.records import Entity
-from consumer.schemas import reader_schema
 from consumer.validation import item_schema
 
 __all__ = [
@@ -279,23 +276,3 @@ def oversized_event(
     if len(encode_plain(entity, record)) != size_bytes or pad <= 1024:
         raise ValueError(f"cannot build a {entity.value} event of exactly {size_bytes} bytes")
     return record
-
-
-def encode_plain(entity: Entity, record: Mapping[str, Any]) -> bytes:
-    """Schemaless Avro body of ``record`` written with our ``schemas/<entity>.avsc``."""
-    buf = io.BytesIO()
-    fastavro.schemaless_writer(buf, reader_schema(entity), dict(record))
-    return buf.getvalue()
-
-
-def encode_confluent(schema_id: int, schema: AvroSchema, record: Mapping[str, Any]) -> bytes:
-    """Confluent wire format: ``0x00`` + 4-byte big-endian ``schema_id`` + schemaless body.
-
-    ``schema`` is the writer schema (any schema, e.g. an evolved one), ideally already parsed
-    with ``fastavro.parse_schema``; ``record`` must be valid for it.
-    """
-    buf = io.BytesIO()
-    buf.write(b"\x00")
-    buf.write(schema_id.to_bytes(4, "big"))
-    fastavro.schemaless_writer(buf, schema, dict(record))
-    return buf.getvalue()

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from consumer.errors import ConsumerError
+from consumer.kafka import EventProducer
 from consumer.records import Entity
 from consumer.sandbox.events import encode_confluent, encode_plain, generate
 from consumer.schemas import reader_schema, schema_text
@@ -141,25 +143,62 @@ def register_schemas(registry_url: str) -> dict[Entity, int]:
     }
 
 
+def _non_negative(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+#: How long ``produce-samples`` waits for the cluster to answer before giving up, seconds.
+REACH_TIMEOUT_S = 5.0
+
+
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="metadata-consumer produce-samples")
+    """``metadata-consumer produce-samples`` (``produce --generate`` with flags instead of the
+    environment). Exit codes: 0 produced, 1 the broker did not answer or did not acknowledge,
+    2 usage error (a negative ``--count``...)."""
+    parser = argparse.ArgumentParser(
+        prog="metadata-consumer produce-samples",
+        description="Produce realistic sample events to the default entity topics.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n  metadata-consumer produce-samples --bootstrap-servers 127.0.0.1:9092 "
+            "--count 100 --create-topics\n\nexit codes:\n  0  produced\n"
+            "  1  the broker did not answer or acknowledge\n  2  usage error"
+        ),
+    )
     parser.add_argument("--bootstrap-servers", required=True)
-    parser.add_argument("--count", type=int, default=1000, help="events per entity")
+    parser.add_argument("--count", type=_non_negative, default=1000, help="events per entity")
     parser.add_argument("--schema-registry-url", help="Confluent wire format via this registry")
-    parser.add_argument("--bad-every", type=int, default=0)
+    parser.add_argument("--bad-every", type=_non_negative, default=0)
     parser.add_argument("--create-topics", action="store_true")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    if args.create_topics:
-        create_topics(args.bootstrap_servers, [*DEFAULT_TOPICS.values(), "asapp.metadata.dlq"])
-    ids = register_schemas(args.schema_registry_url) if args.schema_registry_url else None
-    produced = produce_events(
-        args.bootstrap_servers,
-        count=args.count,
-        schema_ids=ids,
-        bad_every=args.bad_every,
-        seed=args.seed,
-    )
+    prog = parser.prog
+    try:
+        probe = EventProducer(
+            {"bootstrap.servers": args.bootstrap_servers}, timeout_s=REACH_TIMEOUT_S
+        )
+        probe.partitions(DEFAULT_TOPICS[Entity.AGENT])  # raises BrokerError within the bound
+        probe.flush(0)
+    except ConsumerError as exc:
+        print(f"{prog}: {exc} (nothing produced)", file=sys.stderr)
+        return 1
+    try:
+        if args.create_topics:
+            create_topics(args.bootstrap_servers, [*DEFAULT_TOPICS.values(), "asapp.metadata.dlq"])
+        ids = register_schemas(args.schema_registry_url) if args.schema_registry_url else None
+        produced = produce_events(
+            args.bootstrap_servers,
+            count=args.count,
+            schema_ids=ids,
+            bad_every=args.bad_every,
+            seed=args.seed,
+        )
+    except Exception as exc:  # an operator's tool: one line, no traceback
+        print(f"{prog}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     print(f"produced {produced.total} events: good={produced.good} bad={produced.bad}")
     sys.stdout.flush()
     return 0
