@@ -168,7 +168,8 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=_RAW,
         epilog=_epilog(
             "  metadata-consumer dlq replay --reason http            # dry run\n"
-            "  metadata-consumer dlq replay --reason http --execute",
+            "  metadata-consumer dlq replay --reason http --execute\n"
+            "  metadata-consumer dlq replay --reason validation --revalidate --execute",
             "  0  done\n  1  replay or broker failure\n  2  configuration or usage error",
         ),
     )
@@ -183,6 +184,11 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--since", help="ISO-8601 time: dead-lettered at or after")
     replay.add_argument("--until", help="ISO-8601 time: dead-lettered before")
     replay.add_argument("--limit", type=int, default=0, help="replay at most N (0: all)")
+    replay.add_argument(
+        "--revalidate",
+        action="store_true",
+        help="skip (and count) records that would fail the service's checks again",
+    )
     quota = sub.add_parser(
         "quota",
         help="the group's API requests used today, remaining, and when the quota runs out",

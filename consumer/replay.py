@@ -35,6 +35,14 @@ Contract:
 - Prints positions, reasons, error texts (truncated) and counts only: never payloads, never
   configuration values (which may hold secrets).
 
+- Every selected record is checked as the service will check it again (:class:`Revalidator`:
+  decoded with the service's decoder for its ``dlq.entity``, mapped, validated against the
+  API's constraints). With ``--revalidate`` a record that fails again is reported ``would
+  fail again`` and skipped (counted as ``bounce-skipped``, not a failure); without it the
+  summary warns how many of the replayed records would bounce back to the DLQ. A record that
+  cannot be checked (no entity header, the registry unreachable) is replayed and counted
+  ``unchecked``.
+
 Exit codes: 0 done, 1 replay or broker failure, 2 configuration or usage error.
 """
 
@@ -46,7 +54,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -55,9 +63,19 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka import Message as KMessage
 from confluent_kafka import TopicPartition as KTopicPartition
 
-from consumer.errors import ConfigError
+from consumer.decoder import (
+    Decoder,
+    GuardedRegistry,
+    PlainAvroDecoder,
+    RegistryAvroDecoder,
+    registry_client,
+)
+from consumer.errors import ConfigError, DeadLetterError, RegistryUnavailable
 from consumer.kafka import common_config, producer_config
+from consumer.mapping import to_item
+from consumer.records import Entity
 from consumer.settings import Settings
+from consumer.validation import validator_for
 
 Header = tuple[str, bytes | None]
 
@@ -323,6 +341,54 @@ def scan_consumer(settings: Settings) -> Consumer:
     return Consumer(config)
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Would a record pass the service's checks again? ``failure`` is the reason it would
+    not; ``unchecked`` says why it could not be checked (then ``failure`` is None)."""
+
+    failure: str | None = None
+    unchecked: str | None = None
+
+
+class Revalidator:
+    """Decode, map and validate a dead letter's value as the service would (its ``ingest``
+    step, at the record's source position). Never raises for a record's content."""
+
+    def __init__(self, decoders: dict[Entity, Decoder]) -> None:
+        self._decoders = decoders
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Revalidator:
+        """The service's decoders: registry framing when ``SCHEMA_REGISTRY_URL`` is set."""
+        if settings.schema_registry_url:
+            client = GuardedRegistry(
+                registry_client(settings.schema_registry_url, settings.schema_registry_auth)
+            )
+            return cls({e: RegistryAvroDecoder(e, client) for e in Entity})
+        return cls({e: PlainAvroDecoder(e) for e in Entity})
+
+    def __call__(self, r: DeadLetterRecord) -> Verdict:
+        raw = r.header("dlq.entity")
+        entity = next((e for e in Entity if e.value == raw), None)
+        if entity is None or entity not in self._decoders:
+            return Verdict(unchecked="no dlq.entity header")
+        try:
+            record = self._decoders[entity].decode(r.value)
+            item = to_item(
+                entity,
+                record,
+                topic=r.header("dlq.source.topic") or "",
+                partition=r.source_partition or 0,
+                offset=r.source_offset or 0,
+            )
+            reason = validator_for(entity).error(item)
+        except RegistryUnavailable as exc:
+            return Verdict(unchecked=f"registry unavailable: {exc}")
+        except DeadLetterError as exc:  # DecodeError, ValidationError from mapping
+            return Verdict(failure=f"{exc.reason}: {exc}")
+        return Verdict(failure=None if reason is None else f"validation: {reason}")
+
+
 def _oneline(text: str | None) -> str:
     flat = " ".join((text or "").split())
     return flat if len(flat) <= ERROR_CHARS else flat[: ERROR_CHARS - 1] + "…"
@@ -391,14 +457,18 @@ def run(
     fetcher: SourceFetcher | None = None,
     out: TextIO = sys.stdout,
     delivery_timeout_s: float = DELIVERY_TIMEOUT_S,
+    revalidator: Callable[[DeadLetterRecord], Verdict] | None = None,
+    revalidate: bool = False,
 ) -> int:
     """Select from ``records``, print or replay them, print the summary; returns the exit code.
 
     ``producer`` is required when ``execute`` is true and never touched otherwise; ``fetcher``
     reads the values of dead letters written without one (without it, such a record cannot
-    be replayed and is reported so).
+    be replayed and is reported so); ``revalidator`` checks each selected record and, with
+    ``revalidate``, records that would fail again are skipped (module doc).
     """
     scanned = selected = skipped = fetched = gone = unreadable = 0
+    bounce = unchecked = 0
     replayer = Replayer(producer, out) if execute else None
     scan_error: str | None = None
     try:
@@ -431,6 +501,18 @@ def run(
                 fetched += 1
                 r = replace(r, key=source.key, value=source.value)
                 detail += ", value fetched from the source topic"
+            verdict = revalidator(r) if revalidator is not None else None
+            if verdict is not None and verdict.unchecked is not None:
+                unchecked += 1
+            if verdict is not None and verdict.failure is not None:
+                bounce += 1
+                if revalidate:
+                    print(
+                        f"would fail again {r.position}: {_oneline(verdict.failure)} (skipped)",
+                        file=out,
+                    )
+                    continue
+                detail += f", would fail again: {_oneline(verdict.failure)}"
             if replayer is None:
                 print(f"would replay {r.position} → {target} ({detail})", file=out)
             else:
@@ -447,8 +529,18 @@ def run(
     if fetched or gone or unreadable:
         head += f"; values: fetched from source {fetched}, no longer retained {gone}"
         head += f", unreadable {unreadable}" if unreadable else ""
+    if revalidator is not None:
+        head += f"; revalidated: would fail again {bounce}"
+        head += " (skipped)" if revalidate else ""
+        head += f", unchecked {unchecked}" if unchecked else ""
     if scan_error is not None:
         head += " (incomplete: read failed)"
+    if bounce and not revalidate:
+        print(
+            f"warning: {bounce} selected record(s) would fail the same checks again and "
+            "bounce back to the DLQ; add --revalidate to skip them",
+            file=out,
+        )
     if replayer is None:
         print(f"{head}; dry run, nothing produced (add --execute to replay)", file=out)
         return 1 if scan_error else 0
@@ -510,6 +602,8 @@ def main(args: argparse.Namespace) -> int:
             records=scan(consumer, settings.dlq_topic),
             producer=producer,
             fetcher=SourceFetcher(source),
+            revalidator=Revalidator.for_settings(settings),
+            revalidate=bool(getattr(args, "revalidate", False)),
         )
     finally:
         consumer.close()

@@ -112,11 +112,17 @@ def _compare(
             out.extend(sub[:1])
         return
     if isinstance(reader, list):  # the first matching reader branch is used
+        first: list[str] = []
         for branch in reader:
             sub = []
             _compare(branch, writer, path, sub, rnamed, wnamed, seen)
             if not sub:
                 return
+            if _type_name(_resolve(branch, rnamed)) == _type_name(writer) and not first:
+                first = sub  # the branch of the same kind says best what is wrong
+        if first:
+            out.extend(first)
+            return
         wanted = ", ".join(_type_name(_resolve(b, rnamed)) for b in reader)
         out.append(
             f"{where}: the candidate writes {_type_name(writer)}, the current reads {wanted}"
