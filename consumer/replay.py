@@ -38,10 +38,11 @@ Contract:
 - Every selected record is checked as the service will check it again (:class:`Revalidator`:
   decoded with the service's decoder for its ``dlq.entity``, mapped, validated against the
   API's constraints). With ``--revalidate`` a record that fails again is reported ``would
-  fail again`` and skipped (counted as ``bounce-skipped``, not a failure); without it the
-  summary warns how many of the replayed records would bounce back to the DLQ. A record that
-  cannot be checked (no entity header, the registry unreachable) is replayed and counted
-  ``unchecked``.
+  fail again`` and skipped (counted in the summary, not a failure); without it a warning on
+  stderr says how many of the selected records would bounce back to the DLQ. A
+  record that cannot be checked (no entity header, the registry unreachable) is replayed
+  (counted ``unchecked`` with ``--revalidate``). A record rejected by the API itself
+  (``rejected``/``http``) passes these checks: only the API can say whether it would again.
 
 Exit codes: 0 done, 1 replay or broker failure, 2 configuration or usage error.
 """
@@ -459,6 +460,7 @@ def run(
     delivery_timeout_s: float = DELIVERY_TIMEOUT_S,
     revalidator: Callable[[DeadLetterRecord], Verdict] | None = None,
     revalidate: bool = False,
+    err: TextIO | None = None,
 ) -> int:
     """Select from ``records``, print or replay them, print the summary; returns the exit code.
 
@@ -512,7 +514,6 @@ def run(
                         file=out,
                     )
                     continue
-                detail += f", would fail again: {_oneline(verdict.failure)}"
             if replayer is None:
                 print(f"would replay {r.position} → {target} ({detail})", file=out)
             else:
@@ -529,17 +530,16 @@ def run(
     if fetched or gone or unreadable:
         head += f"; values: fetched from source {fetched}, no longer retained {gone}"
         head += f", unreadable {unreadable}" if unreadable else ""
-    if revalidator is not None:
-        head += f"; revalidated: would fail again {bounce}"
-        head += " (skipped)" if revalidate else ""
+    if revalidate:
+        head += f"; revalidated: would fail again {bounce} (skipped)"
         head += f", unchecked {unchecked}" if unchecked else ""
     if scan_error is not None:
         head += " (incomplete: read failed)"
     if bounce and not revalidate:
         print(
-            f"warning: {bounce} selected record(s) would fail the same checks again and "
-            "bounce back to the DLQ; add --revalidate to skip them",
-            file=out,
+            f"warning: {bounce} selected record(s) would fail the service's checks again and "
+            "bounce back to the DLQ (add --revalidate to skip them)",
+            file=err or sys.stderr,
         )
     if replayer is None:
         print(f"{head}; dry run, nothing produced (add --execute to replay)", file=out)
