@@ -224,3 +224,22 @@ def test_emulate_api_help_shows_its_defaults() -> None:
     assert done.returncode == 0
     assert "(default: 8080)" in done.stdout and "default: sandbox-api-id" in done.stdout
     assert "examples:" in done.stdout
+
+
+def test_produce_with_the_registry_framing_registers_and_frames(env: Env) -> None:
+    from consumer.decoder import RegistryAvroDecoder, registry_client
+    from consumer.sandbox.registry import SchemaRegistryStandIn
+
+    lines = "\n".join(json.dumps(x) for x in LINES) + "\n"
+    with SchemaRegistryStandIn() as registry:
+        done = cli(
+            "produce", "--entity", "agent", "-", env=env, stdin=lines,
+            SCHEMA_REGISTRY_URL=registry.url,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert registry.subjects() == [f"{env.topics[Entity.AGENT]}-value"]
+        got = read_topic(env.bootstrap, env.topics[Entity.AGENT], 3)
+        assert all(value[0] == 0 for _, _, value in got)  # the magic byte, then the id
+        decoder = RegistryAvroDecoder(Entity.AGENT, registry_client(registry.url, None))
+        names = sorted(str(decoder.decode(v).get("agentName")) for _, _, v in got)
+        assert names == ["Jane D.", "Jane Doe", "None"]
