@@ -404,7 +404,7 @@ class _AcceptCompiler:
                 return None
             name = self._name("A")
             source = f"def {name}(v):\n    for x in v:\n        if not {inner}:\n"
-            exec(f"{source}            return False\n    return True\n", self.names)  # from our spec
+            exec(f"{source}            return False\n    return True\n", self.names)
             parts.append(f"{name}({var})")
         return "(" + " and ".join(parts) + ")"
 
