@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -69,10 +71,12 @@ ENV_VARS: frozenset[str] = frozenset(
         "MALFORMED_RESPONSE_MAX_ATTEMPTS",
         "DLQ_TOPIC",
         "METRICS_PORT",
+        "METRICS_HOST",
         "SHUTDOWN_TIMEOUT_S",
         "REVOKE_TIMEOUT_S",
         "COMMIT_TIMEOUT_S",
         "HEALTH_STALL_TIMEOUT_S",
+        "HEALTH_OUTAGE_S",
         "LOG_FORMAT",
         "LOG_LEVEL",
     }
@@ -244,6 +248,26 @@ def _url(env: Mapping[str, str], name: str, default: str | None) -> str | None:
     return raw.rstrip("/")
 
 
+def _host(env: Mapping[str, str], name: str, default: str) -> str:
+    """An IP address or a hostname (RFC 1123 labels), e.g. ``0.0.0.0``, ``::``, ``localhost``."""
+    raw = env.get(name, "").strip() or default
+    try:
+        ipaddress.ip_address(raw)
+        return raw
+    except ValueError:
+        pass
+    labels = raw.rstrip(".").split(".")
+    if len(raw) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise ConfigError(
+            f"{name}={raw!r} is not an IP address or hostname: use e.g. 0.0.0.0 (every "
+            "interface) or 127.0.0.1 (this machine only)"
+        )
+    return raw
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = (env.get(name, "").strip() or default).lower()
     if value not in choices:
@@ -289,10 +313,16 @@ class Settings:
     malformed_response_max_attempts: int = 5
     dlq_topic: str = "asapp.metadata.dlq"
     metrics_port: int = 9400
+    #: The interface the metrics/health server binds: every one by default (a pod's probes and
+    #: scrapes come from outside it); the demo and the sandbox use 127.0.0.1.
+    metrics_host: str = "0.0.0.0"
     shutdown_timeout_s: float = 25.0
     revoke_timeout_s: float = 10.0
     commit_timeout_s: float = 5.0
     health_stall_timeout_s: float = 60.0
+    #: ``/readyz`` fails once the broker has been unreachable, or every API request has failed
+    #: (no answer, or a 5xx), for longer than this.
+    health_outage_s: float = 120.0
     log_format: str = "json"
     log_level: str = "INFO"
 
@@ -415,12 +445,14 @@ class Settings:
             ),
             dlq_topic=dlq_topic,
             metrics_port=read(lambda: _int(env, "METRICS_PORT", 9400, lo=0, hi=65535), 0),
+            metrics_host=read(lambda: _host(env, "METRICS_HOST", "0.0.0.0"), "0.0.0.0"),
             shutdown_timeout_s=read(lambda: _float(env, "SHUTDOWN_TIMEOUT_S", 25.0, lo=1.0), 0.0),
             revoke_timeout_s=read(lambda: _float(env, "REVOKE_TIMEOUT_S", 10.0, lo=0.1), 0.0),
             commit_timeout_s=read(lambda: _float(env, "COMMIT_TIMEOUT_S", 5.0, lo=0.1), 0.0),
             health_stall_timeout_s=read(
                 lambda: _float(env, "HEALTH_STALL_TIMEOUT_S", 60.0, lo=1.0), 0.0
             ),
+            health_outage_s=read(lambda: _float(env, "HEALTH_OUTAGE_S", 120.0, lo=1.0), 0.0),
             log_format=read(lambda: _choice(env, "LOG_FORMAT", "json", ("json", "text")), "json"),
             log_level=read(
                 lambda: _choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),

@@ -239,10 +239,12 @@ DISTINCT = {
     "MALFORMED_RESPONSE_MAX_ATTEMPTS": "9",
     "DLQ_TOPIC": "dlq-x",
     "METRICS_PORT": "9999",
+    "METRICS_HOST": "127.0.0.1",
     "SHUTDOWN_TIMEOUT_S": "3.5",
     "REVOKE_TIMEOUT_S": "2.5",
     "COMMIT_TIMEOUT_S": "1.5",
     "HEALTH_STALL_TIMEOUT_S": "11.5",
+    "HEALTH_OUTAGE_S": "33.5",
     "LOG_FORMAT": "text",
     "LOG_LEVEL": "error",
 }
@@ -369,3 +371,35 @@ def test_quota_reserve_above_the_quota_is_refused() -> None:
 def test_quota_topic_must_not_be_a_source_or_dead_letter_topic() -> None:
     with pytest.raises(ConfigError, match="QUOTA_TOPIC"):
         Settings.from_env(env(QUOTA_TOPIC="asapp.metadata.dlq"))
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        pytest.param("", "0.0.0.0", id="default-every-interface"),
+        pytest.param("127.0.0.1", "127.0.0.1", id="loopback"),
+        pytest.param("::", "::", id="ipv6-any"),
+        pytest.param("localhost", "localhost", id="hostname"),
+        pytest.param("metrics.pod-1.svc", "metrics.pod-1.svc", id="dotted-hostname"),
+    ],
+)
+def test_metrics_host_accepts_addresses_and_hostnames(raw: str, expected: str) -> None:
+    assert Settings.from_env(env(METRICS_HOST=raw)).metrics_host == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param("http://0.0.0.0", id="url"),
+        pytest.param("0.0.0.0:9400", id="with-port"),
+        pytest.param("bad_host", id="underscore"),
+        pytest.param("-lead.example", id="leading-dash"),
+    ],
+)
+def test_metrics_host_rejects_what_cannot_be_bound(raw: str) -> None:
+    with pytest.raises(ConfigError, match="METRICS_HOST=.*IP address or hostname"):
+        Settings.from_env(env(METRICS_HOST=raw))
+
+
+def test_health_outage_bound_defaults_to_two_minutes() -> None:
+    assert Settings.from_env(BASE).health_outage_s == 120.0
