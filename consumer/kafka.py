@@ -37,6 +37,7 @@ from confluent_kafka import Message as KMessage
 from confluent_kafka import TopicPartition as KTopicPartition
 
 from consumer.errors import BrokerError, ConfigError, FatalKafkaError
+from consumer.outage import Outage
 from consumer.records import DeadLetter, Message, Position, TopicPartition
 from consumer.settings import SECRET_MARKERS, Settings
 
@@ -351,6 +352,10 @@ def error_message(m: KMessage) -> Message | None:
     )
 
 
+#: Client-wide errors that mean no broker can be reached (feed the broker outage).
+_BROKER_DOWN = _codes("_ALL_BROKERS_DOWN", "_TRANSPORT", "_RESOLVE", "_AUTHENTICATION", "_SSL")
+
+
 class KafkaSource:
     """A group consumer over the entity topics: the pipeline's ``Source``.
 
@@ -372,6 +377,11 @@ class KafkaSource:
         self._on_commit_listener: CommitCallback | None = None
         self._client_log = RepeatLimiter(client_log, clock=clock)
         self._fatal: str | None = None
+        # librdkafka reports brokers going down, never coming back: silence for 30 s (it
+        # retries at least every reconnect.backoff.max.ms, 10 s) or a message ends an outage.
+        self._broker_outage = Outage(
+            "Kafka brokers unreachable", bound_s=settings.health_outage_s, quiet_s=30.0, clock=clock
+        )
         try:
             self._consumer = (
                 consumer
@@ -385,8 +395,16 @@ class KafkaSource:
             raise _config_error(exc) from exc
         self._commit_lock = threading.Lock()
 
+    def broker_problem(self) -> str | None:
+        """A readiness blocker: why the pod is not ready when the brokers have been
+        unreachable for longer than ``HEALTH_OUTAGE_S`` (see :class:`~consumer.outage.Outage`);
+        None otherwise. Thread-safe."""
+        return self._broker_outage.problem()
+
     def _on_error(self, err: KafkaError) -> None:
         """librdkafka's client-wide error events (served from consume)."""
+        if err.code() in _BROKER_DOWN:
+            self._broker_outage.failed(err.name())
         if err.fatal():
             if self._fatal is None:
                 self._fatal = f"{err.name()}: {err.str()}"
@@ -490,6 +508,8 @@ class KafkaSource:
                     err.str(),
                     extra={"event": "consumer_error", "code": err.name()},
                 )
+        if out:  # a fetch came back: a broker is reachable
+            self._broker_outage.ok()
         return out
 
     def pause(self, tps: Iterable[TopicPartition]) -> None:

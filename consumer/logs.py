@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
@@ -53,11 +53,30 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message``; a record whose ``extra`` has a ``settings`` mapping (the
+    start line) also shows it, as ``name=value`` pairs after the message (JSON shows every
+    ``extra`` field as it is)."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        text = super().formatMessage(record)
+        fields = getattr(record, "settings", None)
+        if isinstance(fields, Mapping):
+            text += "".join(f" {k}={_text_value(v)}" for k, v in fields.items())
+        return text
+
     def format(self, record: logging.LogRecord) -> str:
         return scrub(super().format(record))
+
+
+def _text_value(value: object) -> str:
+    """A value as one shell-like token: JSON for containers, the text itself otherwise."""
+    if isinstance(value, Mapping | list | tuple):
+        return json.dumps(value, default=str, separators=(",", ":"))
+    text = "" if value is None else str(value)
+    return text if text and " " not in text else json.dumps(text)
 
 
 def setup(fmt: str = "json", level: str = "INFO", secrets: Iterable[str] = ()) -> None:

@@ -60,6 +60,7 @@ from consumer.decision import (
     decide,
 )
 from consumer.metrics import Metrics, error_code_prefix, status_class
+from consumer.outage import Outage
 from consumer.records import Batch, Completion, DeadLetter, Entity, Item
 from consumer.retry import (
     Backoff,
@@ -233,8 +234,10 @@ class Sender:
         threads: int,
         retry_max_backoff_s: float,
         malformed_max_attempts: int,
+        outage: Outage | None = None,
     ) -> None:
         self.sink = sink
+        self.outage = outage  # readiness: fed every answer by _observe
         self.throttle = throttle
         self.metrics = metrics
         self.credentials = credentials
@@ -488,6 +491,11 @@ class Sender:
         m.http_duration.labels(entity, status_class(outcome.status)).observe(outcome.duration_s)
         m.batch_items.labels(entity).observe(len(items))
         m.batch_bytes.labels(entity).observe(body_size(items))
+        if self.outage is not None:  # no answer or a 5xx: the API is failing us
+            if outcome.status is None or outcome.status >= 500:
+                self.outage.failed(outcome.detail or f"HTTP {outcome.status}")
+            else:
+                self.outage.ok()
 
     @staticmethod
     def _dead(item: Item, reason: str, error: str, status: int | None) -> DeadLetter:

@@ -9,11 +9,14 @@ Readiness (``/readyz``) is blocked, with the reason shown, by every component th
 cannot make progress until an operator acts: the sender's
 :meth:`~consumer.sender.Credentials.problem` (credentials rejected, an endpoint forbidden), and
 the dead-letter producer's :meth:`~consumer.kafka.DeadLetterProducer.problem` (a fatal producer
-error, a missing ACL).
+error, a missing ACL), and by long outages (``HEALTH_OUTAGE_S``, :mod:`consumer.outage`): the
+brokers unreachable (:meth:`~consumer.kafka.KafkaSource.broker_problem`), or every API request
+failing (no answer, or a 5xx; the sender feeds each answer).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import socket
@@ -44,6 +47,7 @@ from consumer.kafka import (
 )
 from consumer.mapping import to_item
 from consumer.metrics import Metrics
+from consumer.outage import Outage
 from consumer.pipeline import Decoder, Pipeline, PipelineConfig
 from consumer.quota import Pacer, QuotaPolicy
 from consumer.records import Entity
@@ -104,6 +108,12 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
     metrics = Metrics(registry)
     metrics.daily_quota.set(settings.daily_request_quota)
     credentials = Credentials(metrics)
+    api_outage = Outage(
+        "every ASAPP API request failing",
+        bound_s=settings.health_outage_s,
+        # retries keep failing at least every RETRY_MAX_BACKOFF_S while the outage lasts
+        quiet_s=max(settings.health_outage_s, 2 * settings.retry_max_backoff_s),
+    )
     sink = ApiSink(
         base_url=settings.api_base_url,
         api_id=settings.api_id,
@@ -120,6 +130,7 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
         threads=settings.max_in_flight,
         retry_max_backoff_s=settings.retry_max_backoff_s,
         malformed_max_attempts=settings.malformed_response_max_attempts,
+        outage=api_outage,
     )
     dead_letters = DeadLetterProducer(settings)
     pod = pod_name()
@@ -142,6 +153,7 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
         metrics=metrics,
         limited_episodes=lambda: throttle.gate.episodes,
     )
+    source = KafkaSource(settings)
     pipeline = Pipeline(
         config=PipelineConfig(
             topic_entities=settings.topic_entities,
@@ -154,7 +166,7 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
             coalesce=settings.batch_coalesce,
             max_wait_s=settings.quota_max_wait_s,
         ),
-        source=KafkaSource(settings),
+        source=source,
         dead_letters=dead_letters,
         sender=sender,
         batcher=Batcher(
@@ -171,17 +183,25 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
     probe = Probe(
         last_iteration=lambda: pipeline.last_iteration,
         assigned=lambda: len(pipeline.assigned),
-        blockers=[credentials.problem, dead_letters.problem],
+        blockers=[
+            credentials.problem,
+            dead_letters.problem,
+            source.broker_problem,
+            api_outage.problem,
+        ],
         stopping=lambda: pipeline.stopping,
         stall_timeout_s=settings.health_stall_timeout_s,
     )
     metrics.ready.set_function(lambda: 1.0 if probe.ready()[0] else 0.0)
     try:
-        health = HealthServer(registry=registry, probe=probe, port=settings.metrics_port)
+        health = HealthServer(
+            registry=registry, probe=probe, port=settings.metrics_port, host=settings.metrics_host
+        )
     except OSError as exc:  # taken between the CLI's check and here, or no check was made
         raise ConfigError(
-            f"METRICS_PORT={settings.metrics_port} cannot be bound ({exc.strerror or exc}): "
-            "free it or set METRICS_PORT to another port"
+            f"METRICS_PORT={settings.metrics_port} on METRICS_HOST={settings.metrics_host} "
+            f"cannot be bound ({exc.strerror or exc}): free it or set METRICS_PORT to another "
+            "port (or METRICS_HOST to an address of this machine)"
         ) from exc
     return Service(settings, metrics, pipeline, health, sink, dead_letters, credentials, ledger)
 
@@ -202,6 +222,24 @@ def secrets(settings: Settings) -> list[str]:
         v for k, v in settings.kafka_properties.items() if any(m in k for m in SECRET_MARKERS)
     ]
     return found
+
+
+def effective_settings(settings: Settings) -> dict[str, object]:
+    """Every :class:`Settings` field by name, as logged on the start line: secrets (the API
+    secret, the registry credentials, secret-looking ``KAFKA_*`` properties) are ``***``."""
+    out: dict[str, object] = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if f.name == "api_secret":
+            value = "***"
+        elif f.name == "schema_registry_auth" and value:
+            value = f"{value.partition(':')[0]}:***"
+        elif f.name == "kafka_properties":
+            value = redacted(value)
+        elif f.name == "topics":
+            value = {e.value: list(ts) for e, ts in value.items()}
+        out[f.name] = value
+    return out
 
 
 def install_signal_handlers(pipeline: Pipeline) -> None:
@@ -243,10 +281,8 @@ def run_from_environment(env: Mapping[str, str] | None = None) -> int:
         "starting",
         extra={
             "event": "start",
-            "group": settings.group_id,
-            "topics": sorted(settings.topic_entities),
-            "api": settings.api_base_url,
             "wire_format": "confluent" if settings.schema_registry_url else "plain",
+            "settings": effective_settings(settings),
             "kafka": redacted(consumer_config(settings)),
         },
     )

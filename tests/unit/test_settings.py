@@ -397,7 +397,7 @@ def test_metrics_host_accepts_addresses_and_hostnames(raw: str, expected: str) -
     ],
 )
 def test_metrics_host_rejects_what_cannot_be_bound(raw: str) -> None:
-    with pytest.raises(ConfigError, match="METRICS_HOST=.*IP address or hostname"):
+    with pytest.raises(ConfigError, match=r"METRICS_HOST=.*IP address or hostname"):
         Settings.from_env(env(METRICS_HOST=raw))
 
 
