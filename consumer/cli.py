@@ -281,6 +281,11 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "produce-samples", help="produce sample events (see produce-samples --help)", add_help=False
     )
+    sub.add_parser(
+        "sandbox",
+        help="local broker + emulated API (+ registry) until Ctrl-C (see sandbox --help)",
+        add_help=False,
+    )
     return top
 
 
@@ -349,6 +354,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if {"-h", "--help"} & set(argv[1:]):
             return _emulate_api_help(api)
         return int(api.main(argv[1:]))
+    if argv and argv[0] == "sandbox":
+        from consumer.sandbox import foreground
+
+        return foreground.main(argv[1:])
     if argv and argv[0] == "produce-samples":
         from consumer.sandbox import produce
 
