@@ -1,5 +1,6 @@
 """``metadata-consumer sandbox`` end to end, as a subprocess: it prints an environment that
-works (a producer reaches the broker, the API answers with the printed credentials), stops on
+works (a producer reaches the broker, the registry holds our subjects, the API answers with the
+printed credentials, after the selected fault), stops on
 SIGTERM with exit 0 and leaves no temporary file behind; a taken port is named."""
 
 from __future__ import annotations
@@ -50,13 +51,21 @@ def _exported(proc: subprocess.Popen[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def test_sandbox_serves_the_printed_environment_and_cleans_up(tmp_path: Path) -> None:
-    broker_port, api_port = free_port(), free_port()
-    proc = _start(tmp_path, "--broker-port", str(broker_port), "--api-port", str(api_port))
+    broker_port, api_port, registry_port = free_port(), free_port(), free_port()
+    proc = _start(
+        tmp_path,
+        *("--broker-port", str(broker_port), "--api-port", str(api_port)),
+        *("--registry", "--registry-port", str(registry_port)),
+        *("--faults", '{"sequence": [503]}'),
+    )
     try:
         env, lines = _exported(proc)
         assert env["KAFKA_BOOTSTRAP_SERVERS"] == f"127.0.0.1:{broker_port}"
         assert env["ASAPP_API_BASE_URL"] == f"http://127.0.0.1:{api_port}"
         assert env["METRICS_HOST"] == "127.0.0.1"
+        assert env["SCHEMA_REGISTRY_URL"] == f"http://127.0.0.1:{registry_port}"
+        subjects = httpx.get(f"{env['SCHEMA_REGISTRY_URL']}/subjects", timeout=5).json()
+        assert f"{TOPIC}-value" in subjects
         assert any("asapp.metadata.quota" in ln for ln in lines)
 
         record = generate(Entity.AGENT, 1, seed=3)[0]
@@ -76,23 +85,27 @@ def test_sandbox_serves_the_printed_environment_and_cleans_up(tmp_path: Path) ->
             reader.close()
 
         item = to_item(Entity.AGENT, record, topic=TOPIC, partition=0, offset=0)
-        answer = httpx.post(
-            f"{env['ASAPP_API_BASE_URL']}/metadata-ingestion/v1/many-agent-metadata",
-            json={"items": [item]},
-            headers={
-                "asapp-api-id": env["ASAPP_API_ID"],
-                "asapp-api-secret": env["ASAPP_API_SECRET"],
-            },
-            timeout=5,
-        )
-        assert answer.status_code == 200, answer.text
+        answers = [
+            httpx.post(
+                f"{env['ASAPP_API_BASE_URL']}/metadata-ingestion/v1/many-agent-metadata",
+                json={"items": [item]},
+                headers={
+                    "asapp-api-id": env["ASAPP_API_ID"],
+                    "asapp-api-secret": env["ASAPP_API_SECRET"],
+                },
+                timeout=5,
+            )
+            for _ in range(2)
+        ]
+        assert [a.status_code for a in answers] == [503, 200]  # the selected fault, then normal
+        answer = answers[1]
         assert answer.json()["errorCount"] == 0
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert list(tmp_path.iterdir()) == []
-    for port in (broker_port, api_port):  # everything it started is gone
+    for port in (broker_port, api_port, registry_port):  # everything it started is gone
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0
 
