@@ -4,8 +4,11 @@
   ``stall_timeout_s``: this thread keeps serving while the loop is stuck, so answering 200
   merely because HTTP works would hide exactly the failure liveness exists to catch.
 - ``/readyz`` (readiness) fails once stopping, while any readiness blocker names a reason
-  (the API rejects our credentials, the dead-letter producer cannot write...), and while no
-  partition is assigned; the JSON body's ``reason`` says which.
+  (the API rejects our credentials, the dead-letter producer cannot write, the brokers or the
+  API have been failing for longer than ``HEALTH_OUTAGE_S``: :mod:`consumer.outage`), and
+  while no partition is assigned; the JSON body's ``reason`` says which.
+
+The server binds ``METRICS_HOST`` (every interface by default, as a pod's probes need).
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ class HealthServer:
             def log_message(self, format: str, *args: object) -> None:
                 return  # scrapes every few seconds would drown the logs
 
+        self.host = host
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
@@ -102,9 +106,10 @@ class HealthServer:
     def start(self) -> HealthServer:
         self._thread.start()
         log.info(
-            "metrics and health on port %d",
+            "metrics and health on %s port %d",
+            self.host,
             self.port,
-            extra={"event": "health_listen", "port": self.port},
+            extra={"event": "health_listen", "host": self.host, "port": self.port},
         )
         return self
 

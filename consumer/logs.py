@@ -75,7 +75,7 @@ def _text_value(value: object) -> str:
     """A value as one shell-like token: JSON for containers, the text itself otherwise."""
     if isinstance(value, Mapping | list | tuple):
         return json.dumps(value, default=str, separators=(",", ":"))
-    text = "" if value is None else str(value)
+    text = "null" if value is None else str(value)
     return text if text and " " not in text else json.dumps(text)
 
 
