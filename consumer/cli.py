@@ -315,7 +315,7 @@ def _run() -> int:
     logs.setup(settings.log_format, settings.log_level, secrets=service.secrets(settings))
     for warning in config_warnings(os.environ, settings):
         log.warning("%s", warning, extra={"event": "config_warning"})
-    problem = metrics_port_problem(settings.metrics_port)
+    problem = metrics_port_problem(settings.metrics_port, settings.metrics_host)
     if problem is not None:
         log.error("cannot start: %s", problem, extra={"event": "startup_failed"})
         return 2

@@ -150,6 +150,7 @@ def run_demo(
             "QUOTA_TOPIC": QUOTA_TOPIC,
             "BATCH_LINGER_MS": "250",
             "METRICS_PORT": os.environ.get("METRICS_PORT", "0"),
+            "METRICS_HOST": "127.0.0.1",
             "LOG_FORMAT": "text",
         }
         if registry is not None:
