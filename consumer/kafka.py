@@ -374,6 +374,7 @@ class KafkaSource:
     ) -> None:
         """Raises ConfigError when librdkafka rejects the configuration."""
         self.config = consumer_config(settings)
+        self._partitions_total: tuple[tuple[str, ...], float, int | None] | None = None
         self._on_commit_listener: CommitCallback | None = None
         self._client_log = RepeatLimiter(client_log, clock=clock)
         self._fatal: str | None = None
@@ -600,15 +601,22 @@ class KafkaSource:
         return high if high is not None and high >= 0 else None
 
     def partitions_total(self, topics: Iterable[str], timeout_s: float) -> int | None:
-        """How many partitions ``topics`` have together (one metadata request, bounded);
-        None when the metadata does not answer or lacks a topic. Never raises."""
-        wanted = list(topics)
+        """How many partitions ``topics`` have together (a bounded metadata request at most
+        once a minute; the last answer in between); None when the metadata does not answer or
+        lacks a topic. Never raises."""
+        wanted = tuple(topics)
+        cached = self._partitions_total
+        if cached is not None and cached[0] == wanted and time.monotonic() < cached[1]:
+            return cached[2]
         try:
             meta = self._consumer.list_topics(timeout=timeout_s)
         except KafkaException:
-            return None
+            return cached[2] if cached is not None and cached[0] == wanted else None
         counts = [len(meta.topics[t].partitions) for t in wanted if t in meta.topics]
-        return sum(counts) if len(counts) == len(wanted) and all(counts) else None
+        total = sum(counts) if len(counts) == len(wanted) and all(counts) else None
+        # partitions change rarely: one metadata request a minute at most
+        self._partitions_total = (wanted, time.monotonic() + 60.0, total)
+        return total
 
     def close(self, timeout_s: float) -> bool:
         """Leave the group within ``timeout_s``; False when it failed or did not finish in

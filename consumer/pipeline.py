@@ -16,7 +16,8 @@ answer for a released or rewound partition never finishes the message that now h
 The loop owns the partition lifecycle and delegates each kind of state to one object, each
 releasing a partition with one ``forget``:
 
-- :class:`~consumer.ingest.Ingest` — message → item or dead letter (pure);
+- :class:`~consumer.intake.Intake` — each consumed message tracked, run through the pure
+  :class:`~consumer.ingest.Ingest` step (message → item or dead letter) and routed;
 - :class:`~consumer.holds.RegistryHolds` — messages waiting for the schema registry;
 - :class:`~consumer.dispatch.Dispatcher` — open, deferred (per-id order) and in-flight batches;
 - :class:`~consumer.outbox.DeadLetterOutbox` — dead letters until the DLQ acknowledges them;
@@ -37,8 +38,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from queue import Empty
 
@@ -47,14 +47,15 @@ from consumer.commits import Committer
 from consumer.deadline import Deadline
 from consumer.dispatch import Dispatcher
 from consumer.holds import RegistryHolds
-from consumer.ingest import Ingest, Unavailable
+from consumer.ingest import Ingest
+from consumer.intake import Intake
 from consumer.metrics import Metrics
 from consumer.offsets import OffsetTracker
 from consumer.outbox import DeadLetterOutbox
 from consumer.pauses import Pauses
 from consumer.ports import DeadLetters, Decoder, Mapper, SenderLike, Source, Validator
 from consumer.quota import Pacer
-from consumer.records import Completion, DeadLetter, Entity, Item, Message, TopicPartition
+from consumer.records import Completion, DeadLetter, Entity, Item, TopicPartition
 
 __all__ = ["Decoder", "Pipeline", "PipelineConfig"]
 
@@ -106,12 +107,6 @@ class Pipeline:
         self.sender = sender
         self.metrics = metrics
         self.clock = clock
-        self.ingest = Ingest(
-            topic_entities=config.topic_entities,
-            decoders=decoders,
-            validators=validators,
-            mapper=mapper,
-        )
         self.tracker = OffsetTracker()
         self.holds = RegistryHolds(max_backoff_s=config.retry_max_backoff_s, clock=clock)
         batcher.track_keys = config.coalesce
@@ -125,8 +120,20 @@ class Pipeline:
             max_backoff_s=config.retry_max_backoff_s,
             clock=clock,
         )
-        # label lookups cost more than the increment on the hot path: cache the children
-        self._mapped = {e: metrics.items_mapped.labels(e.value) for e in Entity}
+        self.intake = Intake(
+            topic_entities=config.topic_entities,
+            ingest=Ingest(
+                topic_entities=config.topic_entities,
+                decoders=decoders,
+                validators=validators,
+                mapper=mapper,
+            ),
+            tracker=self.tracker,
+            holds=self.holds,
+            dispatch=self.dispatch,
+            outbox=self.outbox,
+            metrics=metrics,
+        )
         self.assigned: set[TopicPartition] = set()
         self.committer = Committer(
             source=source,
@@ -148,8 +155,6 @@ class Pipeline:
         self._stop = threading.Event()
         self._stop_requested_at: float | None = None
         self._closing = False
-        self._partitions: int | None = None  # of the subscribed topics, for the pacer
-        self._partitions_at = 0.0
         self.last_iteration = clock()
         self.delivered_items = 0
         self.dead_lettered = 0
@@ -193,10 +198,10 @@ class Pipeline:
         deadline = self.dispatch.next_deadline()
         if deadline is not None and self.sender.has_capacity():
             timeout = max(0.0, min(timeout, deadline - now))
-        self._process(self.source.consume(self.config.consume_batch, timeout))
+        self.intake.process(self.source.consume(self.config.consume_batch, timeout))
         self._drain_completions()
         self.outbox.poll()
-        self._retry_held()
+        self.intake.retry_held()
         self._send_due()
         self._update_pauses()
         self.committer.when_due()
@@ -340,122 +345,6 @@ class Pipeline:
                 with contextlib.suppress(KeyError):
                     gauge.remove(tp.topic, str(tp.partition))
 
-    # ------------------------------------------------------------------ ingest
-    def _process(self, messages: Sequence[Message]) -> None:
-        """Track, ingest and route one consumed batch, in order. Per-batch rather than
-        per-message work where it is the same: the held partitions are read once (and kept in
-        step with what this batch holds), a partition's generation once (nothing in here
-        rewinds or releases a partition after the tracking pass), metrics once per label."""
-        if not messages:
-            return
-        entities = self.config.topic_entities
-        tracker, holds = self.tracker, self.holds
-        held = holds.partitions()
-        consumed: Counter[str] = Counter()
-        fresh: list[Message] = []
-        for message in messages:
-            pos = message.position
-            topic = pos.topic
-            if topic not in entities:  # not subscribed: only a misbehaving broker does it
-                log.error(
-                    "message from unexpected topic %s", pos, extra={"event": "unexpected_topic"}
-                )
-                continue
-            consumed[topic] += 1
-            value = message.value
-            size = len(value) if value is not None else 0
-            try:
-                tracker.track(pos, size)
-            except ValueError:
-                self._rewind(message)
-                held = holds.partitions()
-                tracker.track(pos, size)
-            if pos.tp in held:
-                holds.append(message)
-            else:
-                fresh.append(message)
-        for topic, n in consumed.items():
-            self.metrics.messages_consumed.labels(entities[topic].value, topic).inc(n)
-        generations: dict[TopicPartition, int] = {}
-        mapped: dict[Entity, int] = {}
-        add = self.dispatch.add
-        try:
-            for message, result in zip(fresh, self.ingest(fresh), strict=True):
-                tp = message.position.tp
-                if tp in held:  # an earlier one of its partition waits
-                    holds.append(message)
-                elif type(result) is Item:
-                    generation = generations.get(tp)
-                    if generation is None:
-                        generation = generations[tp] = tracker.generation(tp)
-                    result.generation = generation
-                    mapped[result.entity] = mapped.get(result.entity, 0) + 1
-                    add(result)
-                elif isinstance(result, Unavailable):
-                    self._count_unavailable(message)
-                    holds.hold(message, result.error, result.retry_after_s)
-                    held.add(tp)
-                else:
-                    self._route(result)
-        finally:
-            for entity, n in mapped.items():
-                self._mapped[entity].inc(n)
-
-    def _route(self, result: Item | DeadLetter) -> None:
-        tp = result.message.position.tp
-        generation = self.tracker.generation(tp)
-        if isinstance(result, DeadLetter):
-            entity = result.entity.value
-            if result.reason == "decode":
-                self.metrics.decode_failures.labels(entity, "dead_letter").inc()
-            elif result.reason == "consume":
-                self.metrics.consumer_errors.labels(tp.topic).inc()
-            else:
-                self.metrics.items_invalid.labels(entity).inc()
-            self.outbox.send(result, generation)
-            return
-        result.generation = generation
-        self._mapped[result.entity].inc()
-        self.dispatch.add(result)
-
-    def _rewind(self, message: Message) -> None:
-        """``message`` is at or below the last consumed offset of its partition (log
-        truncation after an unclean leader election, a seek back): restart its tracking there.
-        Earlier unfinished messages stay unfinished; later ones are read again."""
-        pos = message.position
-        forgotten = self.tracker.rewind(pos)
-        self.holds.drop_from(message)
-        self.metrics.offset_rewinds.labels(pos.topic).inc()
-        log.warning(
-            "%s consumed again at or below the last consumed offset (log truncation or a "
-            "seek back): tracking restarts there, %d unfinished offsets from it forgotten",
-            pos,
-            forgotten,
-            extra={
-                "event": "offset_rewind",
-                "topic": pos.topic,
-                "partition": pos.partition,
-                "offset": pos.offset,
-            },
-        )
-
-    def _count_unavailable(self, message: Message) -> None:
-        entity = self.config.topic_entities[message.position.topic]
-        self.metrics.decode_failures.labels(entity.value, "registry_unavailable").inc()
-
-    def _retry_held(self) -> None:
-        for queue in self.holds.due():
-            tp = queue[0].position.tp
-            while queue:
-                result = self.ingest.one(queue[0])
-                if isinstance(result, Unavailable):
-                    self._count_unavailable(queue[0])
-                    self.holds.retry_head(queue[0], result.error, result.retry_after_s)
-                    break
-                queue.popleft()
-                self._route(result)
-            self.holds.settle(tp)
-
     # ------------------------------------------------------------------ completions
     def _drain_completions(self) -> None:
         completions = self.sender.completions
@@ -530,13 +419,9 @@ class Pipeline:
             pacer.spent_linger(sent)
 
     def _assigned_share(self) -> float | None:
-        """This pod's share of the subscribed partitions (metadata read once a minute)."""
-        now = self.clock()
-        if now >= self._partitions_at:
-            self._partitions_at = now + 60.0
-            total = self.source.partitions_total(self.config.topic_entities, 2.0)
-            self._partitions = total if total else self._partitions
-        return len(self.assigned) / self._partitions if self._partitions else None
+        """This pod's share of the subscribed partitions (the pacer's safe share)."""
+        total = self.source.partitions_total(self.config.topic_entities, 2.0)
+        return len(self.assigned) / total if total else None
 
     def _update_pauses(self) -> None:
         pending, pending_bytes = self.tracker.pending_count(), self.tracker.pending_bytes()
