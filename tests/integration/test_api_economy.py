@@ -35,7 +35,7 @@ def quota_allowing(rps: float) -> int:
 @pytest.mark.parametrize(
     "allowed_rps, per_tick, tick_s, steady_s, max_wait_s",
     [
-        pytest.param(0.5, 1, 0.5, 30.0, 10.0, id="short"),
+        pytest.param(0.5, 1, 0.5, 20.0, 10.0, id="short"),
         # the issue's measurement: 2 events/s per entity, 0.2 requests/s allowed, the defaults
         pytest.param(0.2, 1, 0.5, 60.0, 60.0, id="issue-size", marks=pytest.mark.slow),
     ],
@@ -57,7 +57,7 @@ def test_two_pods_under_a_trickle_stay_within_the_groups_sustainable_rate(
     }
     first, second = start_service(**knobs), start_service(**knobs)
     wait_until(lambda: first.ready() and second.ready(), 30, "both pods assigned")
-    warmup_s = 10.0
+    warmup_s = 6.0
     with Stream(env, per_tick=per_tick, tick_s=tick_s):
         time.sleep(warmup_s)
         steady_from, before = time.time(), len(api.requests())
