@@ -157,7 +157,12 @@ def budget(
             else (my_demand)
         )
         total = mine + sum(max(0.0, m.demand) for m in live_others)
-        share = mine / total if total > 0 else 1.0 / live
+        if mine > 0 and all(m.demand > 0 for m in live_others):
+            # every pod has work: equal shares, which add up to one whatever moment each
+            # pod's view of the others' demand is from
+            share = 1.0 / live
+        else:
+            share = mine / total if total > 0 else 1.0 / live
     spike = policy.rate_limit_rps * share
     if policy.daily_quota <= 0:  # no quota: only the spike limit
         unlimited = max(spike, 0.01)

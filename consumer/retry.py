@@ -188,9 +188,10 @@ class Throttle:
             self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate_rps)
             self._stamp = now
             self.rate_rps = rate_rps
-            # A tenth of a second's worth: the pods' bursts together stay inside the group's
-            # spike limit (90/s plus 9 is still under ASAPP's 100 in any second).
-            self.burst = max(1.0, min(rate_rps / 10, self._burst_cap))
+            # A twentieth of a second's worth: the pods' bursts together stay well inside the
+            # group's spike limit (90/s plus 4.5 leaves room under ASAPP's 100 in any second
+            # for pods whose views of each other differ for a moment).
+            self.burst = max(1.0, min(rate_rps / 20, self._burst_cap))
             self._tokens = min(self._tokens, self.burst)
 
     def now(self) -> float:

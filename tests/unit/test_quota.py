@@ -104,8 +104,9 @@ def test_shares_follow_demand_and_an_idle_pod_holds_none() -> None:
     idle = budget(POLICY, me="me", my_requests=0, my_demand=0.0, members=others, now_unix=now)
     busy = budget(POLICY, me="me", my_requests=0, my_demand=1.0, members=others, now_unix=now)
     assert idle.share == 0.0
-    assert busy.share == pytest.approx(0.25)
-    assert busy.rps == pytest.approx(90.0 * 0.25)
+    # both have work: equal shares (they add up to one whenever each pod looked)
+    assert busy.share == pytest.approx(0.5)
+    assert busy.rps == pytest.approx(90.0 * 0.5)
     assert busy.live_pods == 2
 
 
