@@ -32,8 +32,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from consumer.avro_encode import encode_confluent, encode_plain
+from consumer.ingest import ID_FIELDS
 from consumer.records import Entity
-from consumer.validation import item_schema
 
 __all__ = [
     "VERSION_ATTRIBUTE",
@@ -201,13 +201,9 @@ def generate(entity: Entity, n: int, *, seed: int = 0, start: int = 0) -> list[d
 
 
 def identity(entity: Entity, record: Mapping[str, Any]) -> tuple[str, ...]:
-    """The values of the API's required id fields of ``entity`` (its ``required`` list, in the
-    spec's order): what makes two records versions of one entity."""
-    return tuple(str(record[name]) for name in _id_fields(entity))
-
-
-def _id_fields(entity: Entity) -> tuple[str, ...]:
-    return tuple(item_schema(entity)["required"])
+    """The values of the API's required id fields of ``entity`` (the ingest step's
+    :data:`~consumer.ingest.ID_FIELDS`): what makes two records versions of one entity."""
+    return tuple(str(record[name]) for name in ID_FIELDS[entity])
 
 
 def generate_versions(
@@ -222,7 +218,7 @@ def generate_versions(
     """
     base = generate(entity, ids, seed=seed)
     build = _BUILDERS[entity]
-    id_fields = _id_fields(entity)
+    id_fields = ID_FIELDS[entity]
     out: list[dict[str, Any]] = []
     for v in range(versions):
         order = list(range(ids))

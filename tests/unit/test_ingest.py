@@ -8,11 +8,11 @@ import orjson
 import pytest
 
 from consumer.decoder import PlainAvroDecoder
-from consumer.ingest import Ingest, Unavailable, entity_key
+from consumer.ingest import ID_FIELDS, Ingest, Unavailable, entity_key
 from consumer.mapping import to_item
 from consumer.records import DeadLetter, Entity, Item, Message, Position
 from consumer.sandbox.events import encode_plain, generate
-from consumer.validation import validator_for
+from consumer.validation import item_schema, validator_for
 from tests.unit.fakes import FakeDecoder
 
 TOPICS = {"agents": Entity.AGENT, "customers": Entity.CUSTOMER}
@@ -95,3 +95,8 @@ def test_one_result_per_message_in_order() -> None:
 def test_entity_key_of_a_single_id_entity_is_the_id_itself() -> None:
     assert entity_key(Entity.AGENT, {"externalAgentId": "a-1"}) == "a-1"
     assert entity_key(Entity.CONVERSATION, {"externalConversationId": "c"}) == "c"
+
+
+def test_id_fields_are_the_specs_required_fields() -> None:
+    for entity in Entity:
+        assert ID_FIELDS[entity] == tuple(item_schema(entity)["required"])
