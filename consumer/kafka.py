@@ -1118,6 +1118,7 @@ class QuotaLedger:
         self._timeout_s = timeout_s
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._write_now = threading.Event()
         self._latest: MemberRecord | None = None
         self._unwritten = False
         self._members: dict[str, MemberRecord] = {}
@@ -1168,8 +1169,11 @@ class QuotaLedger:
     def publish(self, record: MemberRecord) -> None:
         """Make ``record`` (a MemberRecord of this pod) the next one written. Never blocks."""
         with self._lock:
+            first = self._latest is None
             self._latest = record
             self._unwritten = True
+        if first:  # the group learns of a new pod as soon as it can, not an interval later
+            self._write_now.set()
 
     def members(self) -> Mapping[str, MemberRecord] | None:
         """The latest record per pod of this group, or None (see the class docstring)."""
@@ -1255,7 +1259,8 @@ class QuotaLedger:
         next_cycle = 0.0
         while not self._stop.is_set():
             try:
-                if time.monotonic() >= next_cycle:
+                if time.monotonic() >= next_cycle or self._write_now.is_set():
+                    self._write_now.clear()
                     next_cycle = time.monotonic() + self._interval_s
                     self._cycle()
                 self._read(min(0.2, self._interval_s))

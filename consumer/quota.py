@@ -12,9 +12,11 @@ injected); :mod:`consumer.kafka` reads and writes the topic.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +36,11 @@ RAMP_STEP = 0.2
 
 #: Seconds after start during which an idle pod still tells the group it is busy.
 WARMUP_S = 15.0
+
+#: Seconds a pod's larger share must have stood before the pod uses it: long enough for every
+#: other pod to have read the claim behind it from the ledger and cut its own share (a ledger
+#: write interval, a read, and a refresh). A smaller share applies at once.
+SETTLE_S = 3.0
 
 #: Seconds in a UTC day.
 DAY_S = 86_400.0
@@ -125,10 +132,12 @@ def budget(
     now_unix: float,
     fallback_share: float = 1.0,
     others_used: int = 0,
+    share_cap: float = 1.0,
 ) -> Budget:
     """The pacing decision (pure). ``members`` None: the ledger is unavailable; then the
     others' usage is taken as ``others_used`` (the last known) and this pod's share as
-    ``fallback_share``.
+    ``fallback_share``. This pod's share never exceeds ``share_cap`` (the pacer's settled
+    share, see :class:`Pacer`).
 
     Policy: keep aside what the rest of the day's baseline traffic needs if every entity sent
     one request per ``max_wait_s``; a backlog (full batches) may spend the rest as fast as the
@@ -163,6 +172,7 @@ def budget(
             share = 1.0 / live
         else:
             share = mine / total if total > 0 else 1.0 / live
+    share = min(share, max(0.0, share_cap))
     spike = policy.rate_limit_rps * share
     if policy.daily_quota <= 0:  # no quota: only the spike limit
         unlimited = max(spike, 0.01)
@@ -200,6 +210,17 @@ class Pacer:
     ``set_rate(rps)`` and ``pause(seconds)`` act on the request throttle that every request
     passes (:class:`~consumer.retry.Throttle`); ``requests_today()`` is this pod's count since
     00:00 UTC. Loop thread only.
+
+    Why the group's rates add up to at most RATE_LIMIT_RPS although every pod sees the others
+    through a ledger that is a few seconds old: a pod's share only *falls* at once; a larger
+    share is used only once it has stood for ``settle_s`` (the smallest share computed in that
+    window applies), by which time every other pod has read the demand that produced it and
+    cut its own. A pod starts from share 0 (with a ledger), so a new pod that sees others waits
+    ``settle_s`` before its first request while they make room; one that sees only itself
+    (its own claim read back, no other live pod) starts at once. A pod with nothing to send
+    holds 0 and, when work arrives, waits ``settle_s`` again. The applied rate then rises by at
+    most RAMP_STEP of the limit per refresh (slow start), which also covers pods that start
+    in the same second and each see only themselves for a moment.
     """
 
     def __init__(
@@ -217,6 +238,7 @@ class Pacer:
         refresh_s: float = 1.0,
         rng: random.Random | None = None,
         limited_episodes: Callable[[], int] | None = None,
+        settle_s: float = SETTLE_S,
     ) -> None:
         self.policy = policy
         self.pod = pod
@@ -240,6 +262,11 @@ class Pacer:
         self._stamp = clock()
         self._wall_until: float | None = None  # unix time the quota wall lifts
         self._fallback = False
+        self._settle_s = settle_s
+        # (monotonic time, share computed then); with a ledger a pod starts from share 0
+        self._shares: deque[tuple[float, float]] = deque()
+        if ledger is not None:
+            self._shares.append((self._started, 0.0))
         self.budget: Budget | None = None
 
     @property
@@ -272,7 +299,8 @@ class Pacer:
             self._others_used = group_usage(members, me=self.pod, day=day, my_requests=0)
         elif self._ledger is None:
             members = {}  # a group of one, by configuration: nothing to fall back from
-        b = budget(
+        compute = functools.partial(
+            budget,
             self.policy,
             me=self.pod,
             my_requests=mine,
@@ -282,6 +310,21 @@ class Pacer:
             fallback_share=assigned_share if assigned_share is not None else 1 / self._live_pods,
             others_used=self._others_used,
         )
+        b = compute()
+        own = members.get(self.pod) if members else None
+        if (
+            self._ledger is not None
+            and own is not None
+            and unix - own.ts <= self.policy.live_after_s
+            and b.live_pods == 1
+            and not b.fallback
+        ):
+            # alone in a view that holds this pod's own claim: nobody has to make room (pods
+            # that start in the same second are covered by the slow start)
+            self._shares.clear()
+        settled = self._settled(now, b.share)
+        if settled < b.share:
+            b = compute(share_cap=settled)
         if not b.fallback:
             self._live_pods = max(1, b.live_pods)
         self._note_fallback(b.fallback)
@@ -291,6 +334,14 @@ class Pacer:
         self.budget = b
         self._observe(b)
         return b
+
+    def _settled(self, now: float, share: float) -> float:
+        """The smallest share computed within the last ``settle_s`` (``share`` included)."""
+        shares = self._shares
+        shares.append((now, share))
+        while len(shares) > 1 and shares[1][0] <= now - self._settle_s:
+            shares.popleft()  # the oldest entry still covers the window's start
+        return min(s for _, s in shares)
 
     def _ramp(self, target: float) -> float:
         """The rate to apply now: a lower target at once, a higher one by at most a fifth of

@@ -57,6 +57,10 @@ from consumer.settings import SECRET_MARKERS, Settings
 from consumer.sink import ApiSink
 from consumer.validation import validator_for
 
+#: Seconds between a pod's ledger writes: with the pacer's 1 s refresh, another pod sees a
+#: change of demand within about 2.5 s, inside the pacer's settle window (quota.SETTLE_S).
+LEDGER_PUBLISH_S = 1.0
+
 log = logging.getLogger("consumer")
 
 #: Exit statuses of :func:`run_from_environment`.
@@ -134,7 +138,13 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
     )
     dead_letters = DeadLetterProducer(settings)
     pod = pod_name()
-    ledger = QuotaLedger(settings, group=settings.group_id, pod=pod, topic=settings.quota_topic)
+    ledger = QuotaLedger(
+        settings,
+        group=settings.group_id,
+        pod=pod,
+        topic=settings.quota_topic,
+        publish_interval_s=LEDGER_PUBLISH_S,
+    )
     pacer = Pacer(
         QuotaPolicy(
             daily_quota=settings.daily_request_quota,

@@ -3,6 +3,10 @@ simulated spans of a day (a fake clock; nothing sleeps)."""
 
 from __future__ import annotations
 
+import dataclasses
+import random
+from collections.abc import Callable
+
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -260,6 +264,110 @@ def test_rates_rise_slowly_and_fall_at_once() -> None:
     rig.ledger.records["busy"] = member("busy", 0, demand=1.0, ts=rig.unix)
     rig.tick()
     assert rig.rates[-1] == pytest.approx(45.0)  # the other pod's share, at once
+
+
+class DelayedLedger:
+    """One ledger topic seen by several pods as the real one is: each pod's latest record is
+    written at that pod's next write tick (every ``write_s``, at its own phase; a pod's first
+    record at once), and each reader sees a written record ``lag_s`` later."""
+
+    def __init__(self, clock: Callable[[], float], *, write_s: float, lag: Callable[[], float]):
+        self._clock, self._write_s, self._lag = clock, write_s, lag
+        self._pending: dict[str, tuple[float, MemberRecord]] = {}  # pod -> (write at, record)
+        self._written: list[tuple[float, MemberRecord]] = []  # (written at, record)
+        self._seen: dict[tuple[str, int], float] = {}  # (reader, index) -> visible at
+
+    def view(self, pod: str, phase: float) -> ViewOfLedger:
+        return ViewOfLedger(self, pod, phase)
+
+    def publish(self, pod: str, phase: float, record: MemberRecord) -> None:
+        now = self._clock()
+        if pod in self._pending:
+            at = self._pending[pod][0]
+        elif any(r.pod == pod for _, r in self._written):
+            at = now + (phase - now) % self._write_s
+        else:
+            at = now
+        self._pending[pod] = (at, record)
+
+    def members(self, reader: str) -> dict[str, MemberRecord]:
+        now = self._clock()
+        for pod, (at, record) in list(self._pending.items()):
+            if at <= now:
+                self._written.append((at, record))
+                del self._pending[pod]
+        latest: dict[str, MemberRecord] = {}
+        for i, (at, record) in enumerate(self._written):
+            visible = self._seen.setdefault((reader, i), at + self._lag())
+            if visible <= now:
+                latest[record.pod] = record
+        return latest
+
+
+class ViewOfLedger:
+    def __init__(self, shared: DelayedLedger, pod: str, phase: float) -> None:
+        self._shared, self._pod, self._phase = shared, pod, phase
+
+    def publish(self, record: MemberRecord) -> None:
+        self._shared.publish(self._pod, self._phase, record)
+
+    def members(self) -> dict[str, MemberRecord]:
+        return self._shared.members(self._pod)
+
+
+@pytest.mark.parametrize(
+    "flap, used",
+    [
+        pytest.param(0.0, 0.8, id="a-backlog-every-pod-busy"),
+        pytest.param(0.25, 0.25, id="demand-comes-and-goes"),
+    ],
+)
+@pytest.mark.parametrize("seed", range(4))
+def test_the_group_never_exceeds_the_spike_limit_while_views_lag(
+    seed: int, flap: float, used: float
+) -> None:
+    """Three pods join at different moments, their demand comes and goes (``flap``: the
+    chance per second that a pod's demand switches between none and some), the ledger shows
+    each pod the others up to 1.5 s late: the sum of the rates they apply never exceeds
+    RATE_LIMIT_RPS, and the group still uses at least ``used`` of it over the minute.
+    (With no settle window, the same runs reach 120 req/s.)"""
+    rng = random.Random(seed)
+    policy = dataclasses.replace(POLICY, daily_quota=0)  # only the spike limit
+    clock = [0.0]
+    shared = DelayedLedger(lambda: clock[0], write_s=1.0, lag=lambda: rng.uniform(0.05, 0.5))
+    starts = {"a": 0.0, "b": rng.uniform(2, 8), "c": rng.uniform(10, 20)}
+    rates: dict[str, float] = {}
+    pacers: dict[str, Pacer] = {}
+    next_refresh: dict[str, float] = {}
+    demand = dict.fromkeys(starts, 1.0)
+    step, worst, total = 0.05, 0.0, 0.0
+    for i in range(int(60 / step)):
+        now = clock[0] = i * step
+        for pod, start in starts.items():
+            if pod not in pacers and now >= start:
+                pacers[pod] = Pacer(
+                    policy,
+                    pod=pod,
+                    ledger=shared.view(pod, phase=rng.uniform(0, 1)),
+                    set_rate=lambda r, pod=pod: rates.__setitem__(pod, r),
+                    pause=lambda s: None,
+                    requests_today=lambda: 0,
+                    metrics=Metrics(CollectorRegistry()),
+                    clock=lambda: clock[0],
+                    wall=lambda: MIDNIGHT + 3600 + clock[0],
+                )
+                next_refresh[pod] = now
+        for pod, pacer in pacers.items():
+            if now >= next_refresh[pod]:
+                next_refresh[pod] = now + rng.uniform(0.9, 1.1)  # the loop's refresh cadence
+                if rng.random() < flap:
+                    demand[pod] = 0.0 if demand[pod] else rng.uniform(1, 100)
+                pacer.refresh(demand[pod])
+        applied = sum(r for r in rates.values() if r > 0.01)
+        worst = max(worst, applied)
+        total += applied * step
+    assert worst <= policy.rate_limit_rps * 1.0001, f"the group applied {worst:.1f} req/s"
+    assert total / 60 >= used * policy.rate_limit_rps  # and it is not idle doing so
 
 
 def test_a_lost_ledger_falls_back_to_the_assigned_share_and_says_so_once(
