@@ -34,7 +34,6 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
-from types import ModuleType
 
 from consumer import __version__
 from consumer.errors import ConfigError
@@ -322,37 +321,12 @@ def _run() -> int:
     return service.run_from_environment()
 
 
-class _DefaultsHelp(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Raw description and epilog, and every option's default in its help."""
-
-
-def _emulate_api_help(api: ModuleType) -> int:
-    """``emulate-api --help`` with every default shown (port, credentials) and an example."""
-    p = api._parser()
-    p.prog = "metadata-consumer emulate-api"
-    p.formatter_class = _DefaultsHelp
-    for action in p._actions:
-        if action.help is None and action.default is not argparse.SUPPRESS:
-            action.help = "default: %(default)s"
-    p.epilog = _epilog(
-        "  metadata-consumer emulate-api --port 8080\n"
-        "  ASAPP_API_BASE_URL=http://127.0.0.1:8080 \\\n"
-        f"    ASAPP_API_ID={api.DEFAULT_API_ID} ASAPP_API_SECRET={api.DEFAULT_API_SECRET} \\\n"
-        "    metadata-consumer run",
-        "  0  stopped by SIGTERM/SIGINT\n  2  usage error",
-    )
-    p.print_help()
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``) and run the command; returns its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "emulate-api":  # their own parsers take the rest of the line
         from consumer.sandbox import api
 
-        if {"-h", "--help"} & set(argv[1:]):
-            return _emulate_api_help(api)
         return int(api.main(argv[1:]))
     if argv and argv[0] == "sandbox":
         from consumer.sandbox import foreground

@@ -145,6 +145,7 @@ __all__ = [
     "RequestRecord",
     "Stall",
     "main",
+    "parser",
     "steps",
 ]
 
@@ -372,7 +373,8 @@ class RequestRecord:
     ``status`` is 0 when no answer was sent (``reset``/``timeout``); ``t_monotonic`` is when
     the request arrived (``time.monotonic`` unless a clock was injected); ``fault`` names the
     injected fault that decided the answer, if any; ``client`` is the peer ``host:port`` (one
-    value per TCP connection, so it shows keep-alive at work).
+    value per TCP connection, so it shows keep-alive at work); ``retry_after`` is the
+    ``Retry-After`` header value sent with the answer (None when none was sent).
     """
 
     endpoint: str
@@ -385,6 +387,7 @@ class RequestRecord:
     rejected: int = 0
     fault: str | None = None
     client: str = ""
+    retry_after: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -679,6 +682,11 @@ class EmulatedApi(StandInServer):
         """Every API request so far, in arrival order."""
         with self._lock:
             return list(self._requests)
+
+    def request_count(self) -> int:
+        """How many API requests arrived so far (control endpoints excluded); no copy."""
+        with self._lock:
+            return len(self._requests)
 
     def stats(self) -> dict[str, Any]:
         """Counts: ``requests``, ``statuses``; per entity requests/accepted/rejected/statuses."""
@@ -988,6 +996,9 @@ class EmulatedApi(StandInServer):
                 rejected=answer.rejected,
                 fault=answer.fault,
                 client=client,
+                retry_after=next(
+                    (value for name, value in answer.headers if name == "Retry-After"), None
+                ),
             )
         )
         self._statuses[answer.status] += 1
@@ -1090,15 +1101,32 @@ class EmulatedApi(StandInServer):
 # ---- CLI ---------------------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Raw description and epilog, and every option's default in its help."""
+
+
+def parser(prog: str = "metadata-consumer emulate-api") -> argparse.ArgumentParser:
+    """The emulator's command line: every option with its default shown in ``--help`` (port,
+    credentials...), an example and the exit codes."""
     p = argparse.ArgumentParser(
-        prog="python -m consumer.sandbox.api",
+        prog=prog,
         description="Emulated ASAPP Metadata Ingestion API (with fault injection).",
+        formatter_class=_HelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  metadata-consumer emulate-api --port 8080\n"
+            "  ASAPP_API_BASE_URL=http://127.0.0.1:8080 \\\n"
+            f"    ASAPP_API_ID={DEFAULT_API_ID} ASAPP_API_SECRET={DEFAULT_API_SECRET} \\\n"
+            "    metadata-consumer run\n\n"
+            "exit codes:\n  0  stopped by SIGTERM/SIGINT\n  2  usage error"
+        ),
     )
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="listen address")
     p.add_argument("--port", type=int, default=8080, help="0 picks a free port")
-    p.add_argument("--api-id", default=DEFAULT_API_ID)
-    p.add_argument("--api-secret", default=DEFAULT_API_SECRET)
+    p.add_argument("--api-id", default=DEFAULT_API_ID, help="the asapp-api-id it accepts")
+    p.add_argument(
+        "--api-secret", default=DEFAULT_API_SECRET, help="the asapp-api-secret it accepts"
+    )
     p.add_argument("--max-body-bytes", type=int, default=None, help="413 above this size")
     p.add_argument("--rate-limit-rps", type=float, default=None, help="429 above this rate")
     p.add_argument("--retry-after", type=float, default=None, help="Retry-After (s) on 429s")
@@ -1112,7 +1140,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the emulator until SIGTERM/SIGINT; prints one ready line. Returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         faults = Faults.from_dict(json.loads(args.faults)) if args.faults else Faults()
         api = EmulatedApi(

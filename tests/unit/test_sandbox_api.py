@@ -13,7 +13,16 @@ import httpx
 import pytest
 
 from consumer.records import Entity
-from consumer.sandbox.api import REJECTION, EmulatedApi, Faults, FaultStep, Stall, steps
+from consumer.sandbox.api import (
+    DEFAULT_API_ID,
+    REJECTION,
+    EmulatedApi,
+    Faults,
+    FaultStep,
+    Stall,
+    parser,
+    steps,
+)
 
 AUTH = {"asapp-api-id": "id-1", "asapp-api-secret": "secret-1"}
 MANY_AGENT = "/metadata-ingestion/v1/many-agent-metadata"
@@ -221,6 +230,8 @@ def test_status_sequence_then_normal(api: EmulatedApi, client: httpx.Client) -> 
         "sequence:500",
         None,
     ]
+    assert [r.retry_after for r in api.requests()] == [None, None, "2", None, None]
+    assert api.request_count() == 5
     assert api.items(Entity.AGENT) == [{"externalAgentId": "a1", "eventId": "evt-a1"}]
 
 
@@ -229,6 +240,7 @@ def test_fault_retry_after_overrides_and_fractions(api: EmulatedApi, client: htt
     response = client.post(MANY_AGENT, json=agents("a1"))
     assert response.status_code == 429
     assert response.headers["retry-after"] == "0.25"
+    assert [r.retry_after for r in api.requests()] == ["0.25"]  # as sent
 
 
 def test_reset_closes_without_answer(api: EmulatedApi, client: httpx.Client) -> None:
@@ -766,3 +778,21 @@ def test_quota_counts_only_admitted_authenticated_requests(api: EmulatedApi) -> 
 def test_bad_quota_limits_are_refused_at_construction(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=r"daily_quota|spike_rps"):
         EmulatedApi(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "shown",
+    [
+        pytest.param("(default: 8080)", id="port"),
+        pytest.param(f"(default: {DEFAULT_API_ID})", id="api-id"),
+        pytest.param("metadata-consumer emulate-api --port 8080", id="example"),
+        pytest.param("exit codes:", id="exit-codes"),
+    ],
+)
+def test_the_command_line_help_shows_defaults_an_example_and_exit_codes(shown: str) -> None:
+    assert shown in parser().format_help()
+
+
+def test_the_command_line_defaults_are_the_documented_ones() -> None:
+    args = parser().parse_args([])
+    assert (args.host, args.port, args.api_id) == ("127.0.0.1", 8080, DEFAULT_API_ID)
