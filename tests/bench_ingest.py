@@ -206,7 +206,11 @@ def profile(out: Path, args: argparse.Namespace) -> int:
     command = [spy, "record", "--rate", str(args.rate), "--format", fmt, "--output", str(out)]
     command += ["--", sys.executable, __file__, "--loop", str(args.seconds)]
     command += ["--events", str(args.events), "--batch", str(args.batch)]
-    subprocess.run(command, check=True)
+    done = subprocess.run(command, check=False)
+    if done.returncode != 0:  # py-spy sometimes fails to reap a child that has exited
+        print(f"py-spy exited with {done.returncode}", file=sys.stderr)
+        if not out.exists():
+            return 1
     if fmt != "raw":
         return 0
     per_stage, per_leaf, total = breakdown(out)

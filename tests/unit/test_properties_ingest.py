@@ -42,7 +42,14 @@ from hypothesis import strategies as st
 
 from consumer.decoder import Decoder, PlainAvroDecoder, RegistryAvroDecoder
 from consumer.errors import DecodeError, RegistryUnavailable, ValidationError
-from consumer.mapping import FIELDS, fallback_event_id, to_item
+from consumer.ingest import ID_FIELDS
+from consumer.mapping import (
+    FIELDS,
+    fallback_event_id,
+    iso_utc_millis,
+    reference_to_item,
+    to_item,
+)
 from consumer.records import Entity
 from consumer.sandbox.events import encode_confluent, encode_plain, generate
 from consumer.schemas import reader_schema, schema_text
@@ -615,6 +622,95 @@ def _email_language(text: str, pad: int, at: int) -> None:
 
 
 test_email_check_is_fastjsonschemas_language, test_email_language_slow = _email_language
+
+
+# --- fast paths give exactly what their references give -------------------------------------
+
+
+def _mapped(mapper: Callable[..., dict[str, Any]], entity: Entity, record: Any) -> Any:
+    """What ``mapper`` makes of ``record``: the item's (key, value) pairs in order, or the
+    error's class and text."""
+    try:
+        item = mapper(entity, record, topic="asapp.metadata.x y", partition=2, offset=9)
+    except Exception as exc:
+        return type(exc), str(exc)
+    assert type(item) is dict
+    return list(item.items())
+
+
+def full_records(entity: Entity) -> st.SearchStrategy[dict[str, Any]]:
+    """Plain dicts holding every field of ``entity`` (the fast mapper's case, as decoded),
+    each field valid, None, a wrong type or junk, sometimes with an extra key."""
+    types = {f["name"]: f["type"] for f in json.loads(schema_text(entity))["fields"]}
+    values = {
+        name: st.one_of(_value_for(types[name]), st.none(), BAD_VALUES) for name in FIELDS[entity]
+    }
+    extra = st.dictionaries(KEYS, JUNK, max_size=2)
+    return st.builds(lambda r, e: {**r, **e}, st.fixed_dictionaries(values), extra)
+
+
+FULL_RECORDS = ENTITIES.flatmap(lambda e: st.tuples(st.just(e), full_records(e)))
+ANY_RECORDS = st.one_of(
+    FULL_RECORDS, FULL_RECORDS, VALID_RECORDS, ODD_API_RECORDS, st.tuples(ENTITIES, junk_records())
+)
+ODD_FIELD_VALUES: list[Any] = [
+    None, "", "x", "a b", 0, -1, True, 1.5, 10**18, b"x", [], ["en-US"], ("en-US",), "en",
+    {"name": "n", "value": "v"}, [{"name": "n", "value": "v", "extra": 1}], [{"name": "n"}],
+    [["name", "value"]], datetime(2022, 7, 8, 11, 15, 53, 237517), datetime.min,
+    datetime(2022, 7, 8, 13, 0, tzinfo=timezone(timedelta(hours=2))),
+    datetime.min.replace(tzinfo=timezone(timedelta(hours=5))), _Colour.PHONE, _BadRepr(),
+]  # fmt: skip
+"""A value of every kind the converters treat apart (lists, tuples, timestamps, enums...)."""
+
+
+@pytest.mark.parametrize("entity", [pytest.param(e, id=e.value) for e in Entity])
+def test_fast_mapper_is_the_reference_for_each_field_of_a_decoded_record(entity: Entity) -> None:
+    """Each field of a decoded record (every field present: the generated code's case) set to
+    each odd value, with and without every other optional field set to None."""
+    decoder = PlainAvroDecoder(entity)
+    records = [decoder.decode(encode_plain(entity, r)) for r in generate(entity, 2, seed=5)]
+    sparse = {name: None for name in records[0]} | {n: records[0][n] for n in ID_FIELDS[entity]}
+    cases = 0
+    for base in [*records, sparse]:
+        assert _mapped(to_item, entity, base) == _mapped(reference_to_item, entity, base)
+        for name in FIELDS[entity]:
+            for value in ODD_FIELD_VALUES:
+                record = {**base, name: value}
+                assert _mapped(to_item, entity, record) == _mapped(
+                    reference_to_item, entity, record
+                ), (name, value)
+                cases += 1
+    assert cases == 3 * len(FIELDS[entity]) * len(ODD_FIELD_VALUES)
+
+
+@twins(ANY_RECORDS, ci=300)
+def _fast_mapper(pair: tuple[Entity, Any]) -> None:
+    """``to_item`` (generated per entity) and ``reference_to_item`` agree on every record:
+    the same keys in the same order with the same values, or the same error."""
+    entity, record = pair
+    assert _mapped(to_item, entity, record) == _mapped(reference_to_item, entity, record)
+
+
+test_fast_mapper_is_the_reference, test_fast_mapper_slow = _fast_mapper
+
+
+@twins(st.datetimes(timezones=st.none() | st.just(UTC) | st.timezones()), ci=300)
+def _fast_timestamps(value: datetime) -> None:
+    """The table-driven timestamp text is the field-by-field one, for every datetime."""
+    try:
+        utc = value if value.tzinfo is None else value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        with pytest.raises(ValidationError, match="out of range in UTC"):
+            iso_utc_millis(value)
+        return
+    expected = (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
+        f"{utc.second:02d}.{utc.microsecond // 1000:03d}Z"
+    )
+    assert iso_utc_millis(value) == expected
+
+
+test_fast_timestamp_text_is_the_reference, test_fast_timestamps_slow = _fast_timestamps
 
 
 # --- regressions found by the properties (example-based) --------------------------------------
