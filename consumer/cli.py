@@ -34,6 +34,7 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from consumer import __version__
 from consumer.errors import ConfigError
@@ -120,10 +121,22 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="run the service against a local broker and emulated API",
+        description=(
+            "Start a local broker and the emulated ASAPP API, run the real service, produce "
+            "sample events (some bad on purpose), follow them until every one is delivered or "
+            "dead-lettered and committed, print a summary and write a report (report.json, "
+            "report.html with charts) into --report-dir. The API plays one short fault episode "
+            "(a 429 with Retry-After 1 s, then three 503s) unless --no-faults. Progress is a "
+            "live line on a terminal, a few plain lines otherwise. Needs the sandbox extra "
+            "(pip install '.[sandbox]'); nothing leaves this machine."
+        ),
         formatter_class=_RAW,
         epilog=_epilog(
-            "  metadata-consumer demo --events 300",
-            "  0  everything delivered or dead-lettered as expected\n  1  it was not",
+            "  metadata-consumer demo\n"
+            "  metadata-consumer demo --events 300 --report-dir /tmp/demo-report\n"
+            "  metadata-consumer demo --hold-s 60     # then browse the metrics URL it prints",
+            "  0  everything delivered or dead-lettered as expected\n  1  it was not\n"
+            "  130  interrupted (Ctrl-C/SIGTERM) before the service ran",
         ),
     )
     demo.add_argument("--events", type=int, default=3000, help="events per entity (default 3000)")
@@ -131,8 +144,23 @@ def parser() -> argparse.ArgumentParser:
         "--wire-format", choices=("plain", "confluent"), default="plain", help="Avro framing"
     )
     demo.add_argument("--bad-every", type=int, default=500, help="one bad event per N (0: none)")
-    demo.add_argument("--timeout-s", type=float, default=180.0)
-    demo.add_argument("--hold-s", type=float, default=0.0, help="keep serving metrics after")
+    demo.add_argument(
+        "--timeout-s", type=float, default=180.0, help="give up after this long (default 180)"
+    )
+    demo.add_argument(
+        "--hold-s",
+        type=float,
+        default=0.0,
+        help="keep serving metrics this long after (not counted as delivery time)",
+    )
+    demo.add_argument(
+        "--report-dir",
+        default="demo-report",
+        help="where report.json, report.html and broker.log go (default ./demo-report)",
+    )
+    demo.add_argument(
+        "--no-faults", action="store_true", help="no fault episode: the API behaves throughout"
+    )
     dlq = sub.add_parser(
         "dlq",
         help="dead-letter tools",
@@ -352,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             bad_every=args.bad_every,
             timeout_s=args.timeout_s,
             hold_s=args.hold_s,
+            report_dir=Path(args.report_dir),
+            faults=not args.no_faults,
         )
     if args.command == "produce":
         from consumer import backfill
