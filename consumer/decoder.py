@@ -44,6 +44,7 @@ Error contract of ``decode()`` (the caller acts on the class, the text is for th
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
@@ -161,6 +162,22 @@ def _long(data: bytes, pos: int) -> tuple[int, int]:
     raise _Bail
 
 
+def _size(data: bytes, pos: int) -> tuple[int, int]:
+    """The length (a zigzag varint, never negative, else :class:`_Bail`) at ``pos``."""
+    n, pos = _long(data, pos)
+    if n < 0:
+        raise _Bail
+    return n, pos
+
+
+# One-byte varints (the common case) by table: the value of a zigzag byte below 0x80, else None
+# (a longer varint); a length, or -1 for a longer or negative one (both left to _size).
+_ZIGZAG: tuple[int | None, ...] = tuple(
+    (b >> 1) ^ -(b & 1) if b < 0x80 else None for b in range(256)
+)
+_SIZES: tuple[int, ...] = tuple(b >> 1 if b < 0x80 and not b & 1 else -1 for b in range(256))
+
+
 class _ReaderCompiler:
     """Emits the fast reader's statements for one schema (see above); None = not covered."""
 
@@ -175,13 +192,13 @@ class _ReaderCompiler:
     def emit(self, indent: int, line: str) -> None:
         self.lines.append("    " * indent + line)
 
-    def varint(self, indent: int, target: str) -> None:
-        self.emit(indent, f"{target} = data[pos]")
-        self.emit(indent, "pos += 1")
-        self.emit(indent, f"if {target} > 127:")
-        self.emit(indent + 1, f"{target}, pos = _long(data, pos - 1)")
+    def varint(self, indent: int, target: str, table: str = "_ZIGZAG", long: str = "_long") -> None:
+        missing = "is None" if table == "_ZIGZAG" else "< 0"
+        self.emit(indent, f"{target} = {table}[data[pos]]")
+        self.emit(indent, f"if {target} {missing}:")
+        self.emit(indent + 1, f"{target}, pos = {long}(data, pos)")
         self.emit(indent, "else:")
-        self.emit(indent + 1, f"{target} = ({target} >> 1) ^ -({target} & 1)")
+        self.emit(indent + 1, "pos += 1")
 
     def read(self, schema: Any, target: str, indent: int) -> bool:
         """Emit statements reading one ``schema`` value into ``target``."""
@@ -200,10 +217,10 @@ class _ReaderCompiler:
         if kind == "null":
             self.emit(indent, f"{target} = None")
         elif kind == "string":
+            # No bounds check: sizes are never negative, so pos only grows, and once it is past
+            # the end every later read raises IndexError, or the final pos check bails.
             size = self.var()
-            self.varint(indent, size)
-            self.emit(indent, f"if {size} < 0 or pos + {size} > end:")
-            self.emit(indent + 1, "raise _Bail")
+            self.varint(indent, size, "_SIZES", "_size")
             self.emit(indent, f"{target} = data[pos:pos + {size}].decode()")
             self.emit(indent, f"pos += {size}")
         elif kind in ("int", "long"):
@@ -221,8 +238,10 @@ class _ReaderCompiler:
         index = self.var()
         self.emit(indent, f"{index} = data[pos]")
         self.emit(indent, "pos += 1")
-        for k, branch in enumerate(branches[:63]):  # one-byte zigzag indexes: 0, 2, 4 ...
-            self.emit(indent, f"{'if' if k == 0 else 'elif'} {index} == {2 * k}:")
+        # one-byte zigzag indexes: 0, 2, 4 ...; null tested last (values are mostly set)
+        order = sorted(enumerate(branches[:63]), key=lambda kb: kb[1] == "null")
+        for n, (k, branch) in enumerate(order):
+            self.emit(indent, f"{'if' if n == 0 else 'elif'} {index} == {2 * k}:")
             if not self.read(branch, target, indent + 1):
                 return False
         self.emit(indent, "else:")
@@ -277,6 +296,9 @@ def _compile_reader(schema: Any) -> Callable[[bytes, int], Any] | None:
     namespace: dict[str, Any] = {
         "_Bail": _Bail,
         "_long": _long,
+        "_size": _size,
+        "_ZIGZAG": _ZIGZAG,
+        "_SIZES": _SIZES,
         "_TIMESTAMP_MILLIS": _timestamp_millis(),
     }
     exec(source, namespace)  # generated from a parsed Avro schema, no outside text
@@ -307,10 +329,17 @@ def _fast_reader(writer: ParsedSchema) -> Callable[[bytes, int], Any] | None:
 
 
 def _read(
-    value: bytes, start: int, writer: ParsedSchema, reader: ParsedSchema | None, what: str
+    value: bytes,
+    start: int,
+    writer: ParsedSchema,
+    reader: ParsedSchema | None,
+    what: str,
+    *,
+    fast_tried: bool = False,
 ) -> dict[str, Any]:
-    """Read exactly one record from ``value[start:]``; every failure becomes ``DecodeError``."""
-    if reader is None:
+    """Read exactly one record from ``value[start:]``; every failure becomes ``DecodeError``.
+    ``fast_tried``: the caller has already tried the fast reader on it (fastavro decides)."""
+    if reader is None and not fast_tried:
         fast = _fast_reader(writer)
         if fast is not None:
             try:
@@ -348,16 +377,23 @@ def _require_value(value: bytes | None) -> bytes:
 class PlainAvroDecoder:
     """Schemaless Avro written with our own ``schemas/<entity>.avsc`` (no framing)."""
 
-    __slots__ = ("_schema", "_what", "entity")
+    __slots__ = ("_fast", "_schema", "_what", "entity")
 
     def __init__(self, entity: Entity) -> None:
         self.entity = entity
         self._schema = reader_schema(entity)
         self._what = f"{entity.value}.avsc"
+        self._fast = _fast_reader(self._schema)
 
     def decode(self, value: bytes | None) -> dict[str, Any]:
         """Return the record; raises ``DecodeError`` for anything that is not exactly one record."""
-        return _read(_require_value(value), 0, self._schema, None, self._what)
+        fast = self._fast
+        if fast is not None and value:
+            try:
+                return cast(dict[str, Any], fast(value, 0))
+            except Exception:  # not swallowed: fastavro reads it again and decides
+                pass
+        return _read(_require_value(value), 0, self._schema, None, self._what, fast_tried=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,6 +412,14 @@ class _Writer:
     reader: ParsedSchema | None
     project: tuple[str, ...] | None
     what: str
+    #: The fast reader of ``schema`` when it is read as it is (``reader`` None), else None.
+    fast: Callable[[bytes, int], Any] | None = dataclasses.field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        fast = _fast_reader(self.schema) if self.reader is None else None
+        object.__setattr__(self, "fast", fast)
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,7 +516,16 @@ class RegistryAvroDecoder:
         writer = self._cache.get(schema_id)
         if writer is None:
             writer = self._writer(schema_id)
-        record = _read(value, HEADER_BYTES, writer.schema, writer.reader, writer.what)
+        fast = writer.fast
+        if fast is not None:
+            try:
+                record = cast(dict[str, Any], fast(value, HEADER_BYTES))
+            except Exception:  # not swallowed: fastavro reads it again and decides
+                record = _read(
+                    value, HEADER_BYTES, writer.schema, None, writer.what, fast_tried=True
+                )
+        else:
+            record = _read(value, HEADER_BYTES, writer.schema, writer.reader, writer.what)
         if writer.project is None:
             return record
         get = record.get

@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.decoder import PlainAvroDecoder, _compile_reader
+from consumer.decoder import PlainAvroDecoder, RegistryAvroDecoder, _compile_reader
 from consumer.errors import DecodeError
 from consumer.records import Entity
 from consumer.sandbox.events import encode_plain, generate
-from consumer.schemas import reader_schema
+from consumer.schemas import reader_schema, schema_text
 from tests import bench_pipeline
 
 
@@ -60,6 +60,31 @@ def test_benchmark_events_are_read_fast() -> None:
 
 
 @pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        *(
+            pytest.param("lobName", "é" * (n // 2) + "x" * (n % 2), id=f"string-of-{n}-bytes")
+            for n in (0, 1, 63, 64, 65, 127, 128, 8191, 8192)
+        ),
+        *(
+            pytest.param("concurrency", n, id=f"int-{n}")
+            for n in (0, -1, 63, -64, 64, -65, 8191, -8192, 2**31 - 1, -(2**31))
+        ),
+        pytest.param("languages", ["en"] * 64, id="array-of-64"),
+        pytest.param("attributes", [], id="empty-array"),
+    ],
+)
+def test_varint_boundaries_are_read_fast_and_as_fastavro_reads_them(field: str, value: Any) -> None:
+    """One-byte varints come from tables, longer ones from a loop: both sides of each edge."""
+    record = {**bench_pipeline.record(1), field: value}
+    encoded = bench_pipeline.encode(record)
+    fast = _fast(Entity.AGENT, encoded)
+    assert fast is not None, "left to fastavro"
+    assert fast == _fastavro(Entity.AGENT, encoded)
+    assert fast[field] == value
+
+
+@pytest.mark.parametrize(
     ("schema", "covered"),
     [
         pytest.param({"type": "record", "name": "r", "fields": []}, False, id="empty-record"),
@@ -92,6 +117,20 @@ _VALUES = [encode_plain(e, r) for e in Entity for r in generate(e, 20, seed=9)]
 _ENTITIES = [e for e in Entity for _ in range(20)]
 
 
+class _OwnSchemas:
+    """A registry holding each entity's own schema under id 1 (the fast reader's case)."""
+
+    def __init__(self, entity: Entity) -> None:
+        self.schema_str = schema_text(entity)
+        self.schema_type = "AVRO"
+
+    def get_schema(self, schema_id: int) -> _OwnSchemas:
+        return self
+
+
+_FRAME = b"\x00\x00\x00\x00\x01"  # the Confluent header of schema id 1
+
+
 @settings(max_examples=600, deadline=None)
 @given(
     index=st.integers(0, len(_VALUES) - 1),
@@ -118,3 +157,10 @@ def test_damaged_values_are_read_as_fastavro_reads_them_or_left_to_it(
         assert not isinstance(expected, dict)
     else:
         assert got == expected
+    # and so does the registry decoder reading it with our own schema as the writer's
+    try:
+        framed: Any = RegistryAvroDecoder(entity, _OwnSchemas(entity)).decode(_FRAME + damaged)
+    except DecodeError:
+        assert not isinstance(expected, dict)
+    else:
+        assert framed == expected
