@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO
 
 from confluent_kafka import Consumer, KafkaException
 from confluent_kafka import TopicPartition as KTopicPartition
@@ -116,24 +116,26 @@ def message_timestamps(
         {"bootstrap.servers": bootstrap, "group.id": "demo-timestamps", "enable.auto.commit": False}
     )
     out: dict[tuple[str, str], int] = {}
-    remaining: dict[tuple[str, int], int] = {}
+    ends: dict[tuple[str, int], int] = {}
     for name, end in end_offsets.items():
         topic, _, part = name.rpartition("[")
         if end > 0:
-            remaining[(topic, int(part.rstrip("]")))] = end
+            ends[(topic, int(part.rstrip("]")))] = end
+    remaining = set(ends)
     try:
-        reader.assign([KTopicPartition(t, p, 0) for t, p in remaining])
+        reader.assign([KTopicPartition(t, p, 0) for t, p in ends])
         deadline = time.monotonic() + timeout_s
         while remaining and time.monotonic() < deadline:
             for m in reader.consume(500, 0.2):
-                if m.error():
-                    continue
                 tp = (str(m.topic()), int(m.partition() or 0))
+                offset = int(m.offset() or 0)
+                if m.error() or tp not in ends or offset >= ends[tp]:
+                    continue  # produced later (e.g. during a hold): not this run's
                 key = m.key()
                 if key is not None:
                     out[(tp[0], key.decode("utf-8", "replace"))] = int(m.timestamp()[1])
-                if tp in remaining and int(m.offset() or 0) + 1 >= remaining[tp]:
-                    del remaining[tp]
+                if offset + 1 >= ends[tp]:
+                    remaining.discard(tp)
     finally:
         reader.close()
     return out
@@ -222,6 +224,7 @@ class Display:
         self._lock = threading.Lock()
         self._shown = False
         self._milestones = [25, 50, 75, 100]
+        self._legend_shown = False
 
     def say(self, line: str) -> None:
         with self._lock:
@@ -234,6 +237,14 @@ class Display:
             self._clear_locked()
             self.stream.flush()
 
+    def finish(self) -> None:
+        """Leave the last progress line on the terminal (the next line starts below it)."""
+        with self._lock:
+            if self._shown:
+                self.stream.write("\n")
+                self.stream.flush()
+                self._shown = False
+
     def _clear_locked(self) -> None:
         if self._shown:
             self.stream.write("\r\x1b[K")
@@ -241,9 +252,12 @@ class Display:
 
     def update(self, s: Snapshot) -> None:
         if self.tty:
+            if not self._legend_shown and s.joined:
+                self._legend_shown = True
+                self.say(self.LEGEND)
             width = shutil.get_terminal_size((100, 24)).columns - 1
             with self._lock:
-                self.stream.write("\r" + self.line(s)[:width] + "\x1b[K")
+                self.stream.write("\r" + self.line(s, width) + "\x1b[K")
                 self.stream.flush()
                 self._shown = True
             return
@@ -255,17 +269,37 @@ class Display:
                 f"{s.requests} API requests, lag {s.lag}) after {s.elapsed_s:.1f} s"
             )
 
+    #: Printed once, above the first progress line.
+    LEGEND = (
+        "progress: per entity delivered+dead-lettered/produced, API requests, lag (events "
+        "not yet committed)"
+    )
+
+    #: Short entity names for a narrow terminal.
+    SHORT: ClassVar[Mapping[str, str]] = {
+        "agent": "agt",
+        "conversation": "conv",
+        "customer": "cust",
+    }
+
     @staticmethod
-    def line(s: Snapshot) -> str:
-        """The progress line: ``entity delivered+dead/produced`` each, requests, lag."""
+    def line(s: Snapshot, width: int = 1000) -> str:
+        """The progress line, e.g. ``[ 5.1s] agent 294+6/300 · ... · 7 requests · lag 0``;
+        shorter names when that is wider than ``width``, cut at ``width`` as a last resort."""
         if not s.joined:
-            return f"[{s.elapsed_s:4.1f}s] joining the consumer group..."
-        parts = [
-            f"{e} {s.delivered.get(e, 0)} ok {s.dead.get(e, 0)} dlq /{s.produced.get(e, 0)}"
-            for e in s.produced
-        ]
+            return f"[{s.elapsed_s:4.1f}s] joining the consumer group..."[:width]
         lag = "-" if s.lag is None else str(s.lag)
-        return f"[{s.elapsed_s:4.1f}s] " + " | ".join(parts) + f" | {s.requests} req | lag {lag}"
+        for names, requests in ((None, "requests"), (Display.SHORT, "req")):
+            parts = [
+                f"{(names or {}).get(e, e)} {s.delivered.get(e, 0)}+{s.dead.get(e, 0)}/{n}"
+                for e, n in s.produced.items()
+            ]
+            text = f"[{s.elapsed_s:4.1f}s] " + " · ".join(
+                [*parts, f"{s.requests} {requests}", f"lag {lag}"]
+            )
+            if len(text) <= width:
+                break
+        return text[:width]
 
 
 class _ClearProgress(logging.Filter):
@@ -362,6 +396,7 @@ class _Run:
                     display.update(snap)
                     if self._complete(snap, now):
                         self.done_at = time.monotonic()
+                        display.finish()
                         self.final, self.final_committed = snap, dict(now or {})
                         self.dead_by_reason = {
                             k: int(v)
@@ -517,7 +552,7 @@ def _run(
         if main_thread:  # from here Ctrl-C/SIGTERM interrupt the read-back and clean up
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, _interrupt)
-    display.clear()
+    display.finish()
     report = _report(run, wire_format, hold_s)
     for line in ["", "=== demo summary ===", *report.summary()]:
         display.say(line)
