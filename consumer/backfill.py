@@ -27,7 +27,8 @@ Contract:
   line and contacts nothing (no broker, no registry).
 - The cluster is asked first, within ``--timeout-s``: no answer is a clear error, a missing
   topic too (nothing produced). A progress line is drawn on stderr when it is a terminal.
-- The summary goes to stdout.
+- The summary goes to stdout: one line of text, or with ``--json`` one JSON object
+  (:func:`summary_json`: counts per topic and every bad line with its number and reason).
 
 Exit codes: 0 every line produced (acknowledged) or valid (dry run); 1 a line was bad or not
 acknowledged, the cluster did not answer, the topic is missing or the registry refused the
@@ -327,6 +328,23 @@ def _summary(tally: Tally, *, dry_run: bool, unacked: int, elapsed_s: float) -> 
     return f"produced {sent - unacked} ({topics}); {head}{tail}; {elapsed_s:.1f}s, {rate:,.0f}/s"
 
 
+def summary_json(tally: Tally, *, dry_run: bool, unacked: int, elapsed_s: float) -> dict[str, Any]:
+    """``produce --json``'s summary: ``read`` (lines or records), ``produced`` (acknowledged;
+    0 in a dry run), ``valid`` (would be produced), ``per_topic`` (sent or valid per topic),
+    ``bad`` (``[{"line", "reason"}]``), ``not_acknowledged``, ``dry_run``, ``elapsed_s``."""
+    sent = sum(tally.sent.values())
+    return {
+        "dry_run": dry_run,
+        "read": tally.lines,
+        "produced": 0 if dry_run else sent - unacked,
+        "valid": sent,
+        "per_topic": dict(tally.sent),
+        "bad": [{"line": b.line, "reason": b.reason} for b in tally.bad],
+        "not_acknowledged": unacked,
+        "elapsed_s": round(elapsed_s, 3),
+    }
+
+
 def main(args: argparse.Namespace, *, generator: Generator | None = None) -> int:
     """Entry point of ``metadata-consumer produce`` (``args`` as parsed by ``consumer.cli``;
     ``generator`` is required with ``--generate``)."""
@@ -402,7 +420,13 @@ def main(args: argparse.Namespace, *, generator: Generator | None = None) -> int
             for error in producer.errors:
                 print(f"{prog}: not acknowledged: {error}", file=sys.stderr)
         elapsed = time.monotonic() - started
-        print(_summary(tally, dry_run=bool(args.dry_run), unacked=unacked, elapsed_s=elapsed))
+        if getattr(args, "json", False):
+            report = summary_json(
+                tally, dry_run=bool(args.dry_run), unacked=unacked, elapsed_s=elapsed
+            )
+            print(json.dumps(report))
+        else:
+            print(_summary(tally, dry_run=bool(args.dry_run), unacked=unacked, elapsed_s=elapsed))
         return EXIT_BAD if tally.bad or unacked else EXIT_OK
     except UsageError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)

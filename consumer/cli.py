@@ -252,7 +252,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=_RAW,
         epilog=_epilog(
             "  metadata-consumer produce --entity agent agents.jsonl\n"
-            "  metadata-consumer produce --entity customer --dry-run customers.jsonl\n"
+            "  metadata-consumer produce --entity customer --dry-run --json customers.jsonl\n"
             "  zcat backfill.jsonl.gz | metadata-consumer produce --entity agent --rate 500 -\n"
             "  metadata-consumer produce --generate 100            # sample events, every entity",
             "  0  every line produced and acknowledged (or valid, with --dry-run)\n"
@@ -267,6 +267,9 @@ def parser() -> argparse.ArgumentParser:
     produce.add_argument("--rate", type=float, metavar="N", help="at most N events/s")
     produce.add_argument(
         "--dry-run", action="store_true", help="check and count only (contacts nothing)"
+    )
+    produce.add_argument(
+        "--json", action="store_true", help="print the summary as JSON (bad lines included)"
     )
     produce.add_argument(
         "--timeout-s", type=float, default=5.0, help="bound of the broker check (default 5)"

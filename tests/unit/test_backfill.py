@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from consumer.backfill import (
     kafka_key,
     parse_date_time,
     run,
+    summary_json,
     to_record,
 )
 from consumer.decoder import PlainAvroDecoder
@@ -185,3 +187,37 @@ def test_progress_only_on_a_terminal(out: io.StringIO, drawn: bool) -> None:
         progress=Progress(out),
     )
     assert ("1 queued" in out.getvalue()) is drawn
+
+
+def _tally_of(text: str) -> Any:
+    return run(
+        [(Encoder(Entity.AGENT, "topic-a"), json_lines(io.StringIO(text)), True)],
+        ListSink(),
+        pacer=Pacer(None),
+        err=io.StringIO(),
+        progress=Progress(io.StringIO()),
+    )
+
+
+@pytest.mark.parametrize(
+    ("dry_run", "unacked", "produced"),
+    [
+        pytest.param(False, 0, 2, id="produced"),
+        pytest.param(False, 1, 1, id="one-not-acknowledged"),
+        pytest.param(True, 0, 0, id="dry-run"),
+    ],
+)
+def test_the_json_summary_counts_and_lists_bad_lines(
+    dry_run: bool, unacked: int, produced: int
+) -> None:
+    tally = _tally_of('{"externalAgentId": "a1"}\n[1]\n{"externalAgentId": "a3"}\n')
+    report = summary_json(tally, dry_run=dry_run, unacked=unacked, elapsed_s=0.5)
+    assert report["read"] == 3
+    assert (report["produced"], report["valid"], report["per_topic"]) == (
+        produced,
+        2,
+        {"topic-a": 2},
+    )
+    assert [b["line"] for b in report["bad"]] == [2]
+    assert (report["dry_run"], report["not_acknowledged"]) == (dry_run, unacked)
+    assert json.loads(json.dumps(report)) == report
