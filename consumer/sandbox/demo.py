@@ -470,7 +470,11 @@ def run_demo(
         signal.signal(signal.SIGTERM, _interrupt)
     try:
         with contextlib.ExitStack() as stack:
-            broker = stack.enter_context(LocalBroker(log_path=broker_log))
+            # stop() registered before start(): an interrupt while the broker starts (within
+            # LocalBroker.start, before its context is entered) still ends its process
+            broker = LocalBroker(log_path=broker_log)
+            stack.callback(broker.stop)
+            broker.start()
             api = stack.enter_context(
                 EmulatedApi(
                     api_id=API_ID,
@@ -618,6 +622,8 @@ def _report(run: _Run, wire_format: str, hold_s: float) -> rpt.Report:
         notes.append("The run timed out before everything was committed (--timeout-s).")
     if run.error:
         notes.append(f"The demo failed: {run.error}")
+    elif run.done_at is None and not run.timed_out:
+        notes.append("The run was stopped (Ctrl-C or SIGTERM) before everything was committed.")
     statuses: dict[str, int] = {}
     for q in requests:
         statuses[str(q.status)] = statuses.get(str(q.status), 0) + 1
