@@ -50,6 +50,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
 import fastavro
@@ -137,7 +138,7 @@ def _short(exc: BaseException) -> str:
 # fastavro's compiled reader interprets the schema dicts for every value (~25 us for a
 # 22-field agent event). For a writer schema read as it is (no resolution), a reader compiled
 # for that schema, one straight-line Python function, does the same reads. It only covers the
-# plain cases (null/string/int/long, timestamp-millis through fastavro's own converter, unions
+# plain cases (null/string/int/long, timestamp-millis as fastavro converts it, unions
 # with canonical one-byte indexes, arrays of items of at least one byte, inline records) and
 # bails out on anything else (truncation, a negative or multi-block count, bad UTF-8, an int
 # beyond 32 bits, trailing bytes...): fastavro then reads that value again and decides, so a
@@ -151,6 +152,13 @@ class _Bail(Exception):
 
 def _long(data: bytes, pos: int) -> tuple[int, int]:
     """The zigzag varint at ``pos`` (at most 9 bytes, else :class:`_Bail`) and the next pos."""
+    first = data[pos]
+    if first < 0x80:
+        return (first >> 1) ^ -(first & 1), pos + 1
+    second = data[pos + 1]
+    if second < 0x80:  # two bytes: a string of 64 to 8191 bytes, an int below 2**13
+        n = (first & 0x7F) | (second << 7)
+        return (n >> 1) ^ -(n & 1), pos + 2
     shift = n = 0
     for _ in range(9):
         b = data[pos]
@@ -229,7 +237,8 @@ class _ReaderCompiler:
                 self.emit(indent, f"if not -2147483648 <= {target} <= 2147483647:")
                 self.emit(indent + 1, "raise _Bail")
             if logical is not None:
-                self.emit(indent, f"{target} = _TIMESTAMP_MILLIS({target}, None, None)")
+                # fastavro's value (its converter adds the ms to the UTC epoch), without a call
+                self.emit(indent, f"{target} = _EPOCH + _timedelta(0, 0, 0, {target})")
         else:
             return False
         return True
@@ -299,18 +308,14 @@ def _compile_reader(schema: Any) -> Callable[[bytes, int], Any] | None:
         "_size": _size,
         "_ZIGZAG": _ZIGZAG,
         "_SIZES": _SIZES,
-        "_TIMESTAMP_MILLIS": _timestamp_millis(),
+        "_EPOCH": _EPOCH,
+        "_timedelta": timedelta,
     }
     exec(source, namespace)  # generated from a parsed Avro schema, no outside text
     return cast(Callable[[bytes, int], Any], namespace["read"])
 
 
-def _timestamp_millis() -> Callable[[int, Any, Any], Any]:
-    """fastavro's own timestamp-millis converter (the compiled module's, as its reader uses)."""
-    from fastavro import _read as compiled
-
-    readers: Any = getattr(compiled, "LOGICAL_READERS")  # noqa: B009 - not in its stubs
-    return cast(Callable[[int, Any, Any], Any], readers["long-timestamp-millis"])
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 #: Fast readers by writer schema (keyed by identity; the schema is kept alive alongside).

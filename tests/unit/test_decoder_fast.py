@@ -8,6 +8,7 @@ events and the benchmark's agent events), so the shortcut is really taken.
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime
 from typing import Any
 
 import fastavro
@@ -70,6 +71,16 @@ def test_benchmark_events_are_read_fast() -> None:
             pytest.param("concurrency", n, id=f"int-{n}")
             for n in (0, -1, 63, -64, 64, -65, 8191, -8192, 2**31 - 1, -(2**31))
         ),
+        *(
+            pytest.param("startTs", ts, id=f"timestamp-{ts:%Y%m%dT%H%M%S.%f}")
+            for ts in (
+                datetime(1, 1, 1, tzinfo=UTC),
+                datetime(1969, 12, 31, 23, 59, 59, 999000, tzinfo=UTC),
+                datetime(1970, 1, 1, tzinfo=UTC),
+                datetime(2022, 7, 8, 11, 15, 53, 237000, tzinfo=UTC),
+                datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC),
+            )
+        ),
         pytest.param("languages", ["en"] * 64, id="array-of-64"),
         pytest.param("attributes", [], id="empty-array"),
     ],
@@ -80,8 +91,12 @@ def test_varint_boundaries_are_read_fast_and_as_fastavro_reads_them(field: str, 
     encoded = bench_pipeline.encode(record)
     fast = _fast(Entity.AGENT, encoded)
     assert fast is not None, "left to fastavro"
-    assert fast == _fastavro(Entity.AGENT, encoded)
+    expected = _fastavro(Entity.AGENT, encoded)
+    assert fast == expected
     assert fast[field] == value
+    assert type(fast[field]) is type(expected[field])
+    if isinstance(value, datetime):
+        assert fast[field].tzinfo is expected[field].tzinfo
 
 
 @pytest.mark.parametrize(
