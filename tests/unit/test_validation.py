@@ -534,11 +534,12 @@ _VALUES = st.one_of(
 @given(
     entity=st.sampled_from(list(Entity)),
     changes=st.dictionaries(st.sampled_from(sorted(_ALL_FIELDS)), _VALUES, max_size=6),
+    dropped=st.sets(st.sampled_from(sorted(_ALL_FIELDS)), max_size=2),
 )
 def test_fast_accept_never_accepts_what_fastjsonschema_rejects(
-    entity: Entity, changes: dict[str, Any]
+    entity: Entity, changes: dict[str, Any], dropped: set[str]
 ) -> None:
-    item = {**MINIMAL[entity], **changes}
+    item = {k: v for k, v in {**MINIMAL[entity], **changes}.items() if k not in dropped}
     if validator_for(entity)._accept(item):
         assert _general(entity, item), item
 
