@@ -262,8 +262,10 @@ class Display:
                 self._shown = True
             return
         total = sum(s.produced.values())
-        while total and self._milestones and s.finished * 100 >= self._milestones[0] * total:
-            pct = self._milestones.pop(0)
+        crossed = [m for m in self._milestones if total and s.finished * 100 >= m * total]
+        if crossed:  # several at once: one line, the highest
+            pct = crossed[-1]
+            self._milestones = [m for m in self._milestones if m > pct]
             self.say(
                 f"progress: {pct}% ({s.finished} of {total} events delivered or dead-lettered, "
                 f"{s.requests} API requests, lag {s.lag}) after {s.elapsed_s:.1f} s"
@@ -384,27 +386,28 @@ class _Run:
         pipeline = self.service.pipeline
         deadline = self.started + timeout_s
         try:
+            last: dict[str, int] | None = None
             with _committed_probe(self.bootstrap, self.service.settings.group_id) as committed:
+                committed(self.topics)  # the first call finds the coordinator: not mid-run
                 while not pipeline.stopping and time.monotonic() < deadline:
                     if self.joined_at is None and len(pipeline.assigned) >= len(self.topics) * (
                         PARTITIONS
                     ):
                         self.joined_at = time.monotonic()
                         self._produce(display)
-                    now = committed(self.topics) if self.produced else None
-                    snap = self.snapshot(now)
-                    display.update(snap)
-                    if self._complete(snap, now):
-                        self.done_at = time.monotonic()
-                        display.finish()
-                        self.final, self.final_committed = snap, dict(now or {})
-                        self.dead_by_reason = {
-                            k: int(v)
-                            for k, v in _samples(
-                                self.service.metrics.dead_letters, "reason"
-                            ).items()
-                        }
-                        break
+                    # drawn before the committed offsets are asked for (that call can take a
+                    # while): the line moves with the deliveries, the lag a tick behind
+                    display.update(self.snapshot(last))
+                    if self.produced is not None:
+                        last = committed(self.topics)
+                        snap = self.snapshot(last)
+                        if self._complete(snap, last):
+                            self.done_at = time.monotonic()
+                            display.update(snap)
+                            display.finish()
+                            self.final, self.final_committed = snap, dict(last)
+                            self.dead_by_reason = self.reasons()
+                            break
                     time.sleep(_TICK_S)
                 else:
                     self.timed_out = not pipeline.stopping

@@ -415,9 +415,12 @@ def _chart(
     t_s: Sequence[float],
     series: Sequence[tuple[str, Sequence[float | None]]],
     marks: Sequence[FaultAnswer] = (),
+    *,
+    dots: bool = False,
 ) -> str:
-    """One line chart as an ``<svg>``: a polyline per series (gaps where a value is None),
-    axes with ticks, a dashed vertical line per fault answer."""
+    """One line chart as an ``<svg>``: a polyline per series (gaps where a value is None; a
+    dot at each value with ``dots``, and at lone values always), axes with ticks, a dashed
+    vertical line per fault answer."""
     values = [v for _, vs in series for v in vs if v is not None]
     ticks_y = _ticks(max(values, default=0.0))
     top_y = ticks_y[-1]
@@ -476,6 +479,13 @@ def _chart(
                 f'<polyline data-series="{html.escape(name)}" fill="none" stroke="{colour}" '
                 f'stroke-width="2" points="{" ".join(seg)}"/>'
             )
+            if dots or len(seg) == 1:  # a lone value would be an invisible line
+                for point in seg:
+                    cx, cy = point.split(",")
+                    out.append(
+                        f'<circle data-series="{html.escape(name)}" cx="{cx}" cy="{cy}" r="2.5" '
+                        f'fill="{colour}"/>'
+                    )
         ly = _TOP + 14 + 18 * n
         out.append(
             f'<line x1="{_LEFT + pw + 12}" x2="{_LEFT + pw + 30}" y1="{ly - 4}" y2="{ly - 4}" '
@@ -532,6 +542,7 @@ def render_html(report: Report) -> str:
         tl.t_s,
         [("p50", tl.latency_p50_s), ("p99", tl.latency_p99_s)],
         report.episode.marks,
+        dots=True,
     )
     sample = "<p>No dead letter.</p>"
     if report.sample is not None:

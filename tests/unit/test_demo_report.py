@@ -125,6 +125,7 @@ def test_the_html_is_self_contained_with_two_charts_and_the_fault_marks() -> Non
     assert '<polyline data-series="agent"' in page and '<polyline data-series="p99"' in page
     assert page.count('data-status="429"') == 2
     assert "<script" not in page and "src=" not in page and "href=" not in page
+    assert page.count('<circle data-series="p50"') == 2  # one per bucket with deliveries
 
 
 def _snapshot(**overrides: object) -> Snapshot:
@@ -166,12 +167,22 @@ def test_the_progress_line(snapshot: Snapshot, width: int, expected: str) -> Non
     assert Display.line(snapshot, width) == expected
 
 
-def test_without_a_terminal_progress_is_milestone_lines_only() -> None:
+@pytest.mark.parametrize(
+    ("finished", "shown"),
+    [
+        pytest.param([0, 800, 1500, 2300, 3000], ["25", "50", "75", "100"], id="each"),
+        pytest.param([0, 1600, 3000, 3000], ["50", "100"], id="jumps-one-line-each"),
+    ],
+)
+def test_without_a_terminal_progress_is_milestone_lines_only(
+    finished: list[int], shown: list[str]
+) -> None:
     out = io.StringIO()
     display = Display(out, tty=False)
-    for done in (0, 800, 1500, 3000):
+    for done in finished:
         display.update(_snapshot(delivered=dict.fromkeys(ENTITIES, done), dead={}))
-    assert re.findall(r"^progress: (\d+)%", out.getvalue(), re.M) == ["25", "50", "75", "100"]
+    assert re.findall(r"^progress: (\d+)%", out.getvalue(), re.M) == shown
+    assert "\r" not in out.getvalue()
 
 
 def test_on_a_terminal_the_line_is_rewritten_and_cleared_for_other_lines() -> None:
