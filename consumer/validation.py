@@ -488,10 +488,13 @@ class ItemValidator:
         ``item: not representable as JSON: ...`` for a lone surrogate or an integer beyond 64
         bits (orjson's rules). Keys keep the item's order, so equal items give equal bytes.
         """
-        data = item if isinstance(item, dict) else dict(item) if isinstance(item, Mapping) else item
-        reason = self.error(data)
-        if reason is not None:
-            raise ValidationError(reason)
+        data: Any = item
+        if not (type(item) is dict and self._accept(item)):  # the usual case skips error()
+            if not isinstance(item, dict) and isinstance(item, Mapping):
+                data = dict(item)
+            reason = self.error(data)
+            if reason is not None:
+                raise ValidationError(reason)
         try:
             return orjson.dumps(data)
         except orjson.JSONEncodeError as exc:
