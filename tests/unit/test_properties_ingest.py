@@ -683,7 +683,7 @@ def test_fast_mapper_is_the_reference_for_each_field_of_a_decoded_record(entity:
     assert cases == 3 * len(FIELDS[entity]) * len(ODD_FIELD_VALUES)
 
 
-@twins(ANY_RECORDS, ci=300)
+@twins(ANY_RECORDS, ci=200)
 def _fast_mapper(pair: tuple[Entity, Any]) -> None:
     """``to_item`` (generated per entity) and ``reference_to_item`` agree on every record:
     the same keys in the same order with the same values, or the same error."""
