@@ -38,6 +38,7 @@ from consumer.decoder import (
 )
 from consumer.errors import ConfigError, ConsumerError
 from consumer.health import HealthServer, Probe
+from consumer.ingest import Ingest
 from consumer.kafka import (
     DeadLetterProducer,
     KafkaSource,
@@ -101,6 +102,17 @@ def _decoders(settings: Settings) -> dict[Entity, Decoder]:
         )
         return {e: RegistryAvroDecoder(e, client) for e in settings.topics}
     return {e: PlainAvroDecoder(e) for e in settings.topics}
+
+
+def build_ingest(settings: Settings) -> Ingest:
+    """The ingest step for ``settings`` (what the poll loop runs in-process, and what each
+    ingest worker process builds for itself from the same settings)."""
+    return Ingest(
+        topic_entities=settings.topic_entities,
+        decoders=_decoders(settings),
+        validators={e: validator_for(e) for e in settings.topics},
+        mapper=to_item,
+    )
 
 
 def build_service(settings: Settings, registry: CollectorRegistry | None = None) -> Service:
