@@ -12,6 +12,9 @@ message (:class:`consumer.ingest.Ingest`, built as :mod:`consumer.service` build
 - ``ingest step``: ``Ingest(messages)`` over the consumed ``Message`` objects, everything above
   plus the step's own work (the entity key, the ``Item``).
 
+A last row runs the whole step again with the garbage collector off: the difference is what
+its passes cost (they are triggered by the step's allocations).
+
 Every stage runs over the same events in batches of ``--batch``, ``--rounds`` times; the
 figure is the fastest round's CPU time (``time.process_time``) scaled to 100k events. The
 prepared inputs are frozen out of the garbage collector's sight (``gc.freeze``): the service
@@ -142,7 +145,15 @@ def stages(msgs: Sequence[Message], batch: int, rounds: int) -> list[tuple[str, 
         ("encode (validate + serialise)", items, lambda b: [encode(it) for it in b]),
         ("ingest step (all of it)", chunks(msgs, batch), ingest),
     ]
-    return [(name, cpu_per_100k(data, step, rounds)) for name, data, step in steps]
+    rows = [(name, cpu_per_100k(data, step, rounds)) for name, data, step in steps]
+    gc.disable()  # what the collector's passes cost the step (a reference, not a stage)
+    try:
+        rows.append(
+            ("  the step, collector off", cpu_per_100k(chunks(msgs, batch), ingest, rounds))
+        )
+    finally:
+        gc.enable()
+    return rows
 
 
 def print_table(rows: Sequence[tuple[str, float]], n: int) -> None:
