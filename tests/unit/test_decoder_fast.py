@@ -128,6 +128,36 @@ def test_only_plain_schemas_get_a_fast_reader(schema: dict[str, Any], covered: b
     assert (_compile_reader(fastavro.parse_schema(schema)) is not None) is covered
 
 
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param("string", id="string"),
+        pytest.param({"type": "string"}, id="string-as-object"),
+        pytest.param("long", id="long"),
+        pytest.param({"type": "long"}, id="long-as-object"),
+        pytest.param({"type": "long", "logicalType": "timestamp-millis"}, id="timestamp"),
+        pytest.param({"type": "array", "items": "string"}, id="array"),
+    ],
+)
+@pytest.mark.parametrize("value_first", [True, False], ids=["value-first", "null-first"])
+def test_union_branches_are_read_fast_in_either_order(kind: Any, value_first: bool) -> None:
+    """Every branch kind of a two-branch union, with null first or last, each value and null."""
+    branches = [kind, "null"] if value_first else ["null", kind]
+    schema = fastavro.parse_schema(
+        {"type": "record", "name": "r", "fields": [{"name": "a", "type": branches},
+                                                   {"name": "b", "type": "string"}]}
+    )  # fmt: skip
+    reader = _compile_reader(schema)
+    assert reader is not None
+    values = {"string": "é" * 40, "long": -(2**40), "array": ["x", "é" * 40]}
+    kind_name = kind if isinstance(kind, str) else kind.get("logicalType", kind["type"])
+    sample = values.get(kind_name, datetime(2022, 7, 8, 11, 15, 53, 237000, tzinfo=UTC))
+    for a in (sample, None):
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, schema, {"a": a, "b": "end"})
+        assert reader(buf.getvalue(), 0) == {"a": a, "b": "end"}
+
+
 _VALUES = [encode_plain(e, r) for e in Entity for r in generate(e, 20, seed=9)]
 _ENTITIES = [e for e in Entity for _ in range(20)]
 
