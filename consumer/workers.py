@@ -317,8 +317,6 @@ class _Worker:
             owed = list(self.outstanding)
             self.outstanding.clear()
         self.outbox.put(None)
-        for chunk in owed:
-            chunk.answer(None)
         if self.proc.poll() is None:
             self.proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -339,6 +337,9 @@ class _Worker:
                     "chunks": len(owed),
                 },
             )
+        # After the line: whoever sees a result recomputed can see the line too.
+        for chunk in owed:
+            chunk.answer(None)
 
     def stop(self) -> None:
         """Start stopping: fail outstanding chunks, end the writer, SIGTERM the child."""
