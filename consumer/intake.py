@@ -7,23 +7,55 @@ to the :class:`~consumer.dispatch.Dispatcher` (tagged with its tracking generati
 letter to the :class:`~consumer.outbox.DeadLetterOutbox`, a schema-registry wait to the
 :class:`~consumer.holds.RegistryHolds` — and every later message of a held partition behind it,
 so a partition's order is kept. Owned by the poll loop.
+
+With ingest workers (``INGEST_WORKERS``, :mod:`consumer.workers`) the ingest step of a batch
+runs in other processes while the loop goes on: :meth:`Intake.process` tracks the batch and
+submits it, and its results are routed later, batch after batch in the order consumed
+(:meth:`Intake.collect`), so per-partition order, holds and dead letters are exactly as
+in-process. A result whose message is no longer ours when it is routed (its partition was
+rewound or released meanwhile) is dropped: the message is read again. At most
+``max_pending`` batches are in the workers at once; beyond that ``process`` waits for the
+oldest.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from consumer.dispatch import Dispatcher
 from consumer.holds import RegistryHolds
-from consumer.ingest import Ingest, Unavailable
+from consumer.ingest import Ingest, Result, Unavailable
 from consumer.metrics import Metrics
 from consumer.offsets import OffsetTracker
 from consumer.outbox import DeadLetterOutbox
 from consumer.records import DeadLetter, Entity, Item, Message, TopicPartition
 
 log = logging.getLogger(__name__)
+
+
+class PendingIngest(Protocol):
+    """The results of one submitted batch, when the workers have them."""
+
+    def done(self) -> bool:
+        """Every result is there (:meth:`result` will not wait)."""
+        ...
+
+    def result(self, timeout_s: float | None = None) -> list[Result]:
+        """One result per submitted message, in order, as :class:`Ingest` would return them
+        in-process. Raises TimeoutError when not done within ``timeout_s``."""
+        ...
+
+
+class IngestWorkers(Protocol):
+    """Runs the ingest step elsewhere (:class:`consumer.workers.IngestPool`)."""
+
+    def submit(self, messages: Sequence[Message]) -> PendingIngest:
+        """Start ingesting ``messages``; never blocks for long."""
+        ...
 
 
 class Intake:
@@ -39,8 +71,16 @@ class Intake:
         dispatch: Dispatcher,
         outbox: DeadLetterOutbox,
         metrics: Metrics,
+        workers: IngestWorkers | None = None,
+        max_pending: int = 3,
     ) -> None:
         self.topic_entities = topic_entities
+        self.workers = workers
+        self.max_pending = max_pending
+        # submitted batches, oldest first: (messages, generation per partition, results)
+        self._pending: deque[tuple[list[Message], dict[TopicPartition, int], PendingIngest]] = (
+            deque()
+        )
         self.ingest = ingest
         self.tracker = tracker
         self.holds = holds
@@ -60,6 +100,7 @@ class Intake:
         entities = self.topic_entities
         tracker, holds = self.tracker, self.holds
         held = holds.partitions()
+        inline = self.workers is None and not self._pending
         consumed: Counter[str] = Counter()
         fresh: list[Message] = []
         for message in messages:
@@ -79,18 +120,72 @@ class Intake:
                 self._rewind(message)
                 held = holds.partitions()
                 tracker.track(pos, size)
-            if pos.tp in held:
+            if pos.tp in held and inline:
                 holds.append(message)
-            else:
+            else:  # with batches in the workers, held ones wait for their turn in routing
                 fresh.append(message)
         for topic, n in consumed.items():
             self.metrics.messages_consumed.labels(entities[topic].value, topic).inc(n)
+        if not fresh:
+            return
+        if self.workers is None and not self._pending:
+            self._route_batch(fresh, self.ingest(fresh), None)
+            return
+        if self.workers is None:  # workers gone (closed): finish in order, then in-process
+            self.collect(block=True)
+            self._route_batch(fresh, self.ingest(fresh), None)
+            return
+        generations = {tp: tracker.generation(tp) for tp in {m.position.tp for m in fresh}}
+        self._pending.append((fresh, generations, self.workers.submit(fresh)))
+        if len(self._pending) > self.max_pending:
+            self.collect(block=True, keep=self.max_pending)
+        else:
+            self.collect()
+
+    @property
+    def pending(self) -> int:
+        """Batches submitted to the workers whose results were not routed yet."""
+        return len(self._pending)
+
+    def collect(
+        self, *, block: bool = False, keep: int = 0, timeout_s: float | None = None
+    ) -> bool:
+        """Route the results of submitted batches, oldest first: those that are done, or
+        (``block``) every batch but the newest ``keep``, waiting up to ``timeout_s`` for
+        in all. Returns whether nothing is left pending."""
+        pending = self._pending
+        end = None if timeout_s is None else time.monotonic() + timeout_s
+        while pending:
+            messages, generations, results = pending[0]
+            if not results.done() and not (block and len(pending) > keep):
+                break
+            try:
+                batch = results.result(None if end is None else max(0.0, end - time.monotonic()))
+            except TimeoutError:
+                break
+            pending.popleft()
+            self._route_batch(messages, batch, generations)
+        return not pending
+
+    def _route_batch(
+        self,
+        fresh: Sequence[Message],
+        results: Sequence[Result],
+        submitted: Mapping[TopicPartition, int] | None,
+    ) -> None:
+        """Route one batch's results in order. ``submitted``: the generation each partition
+        had when the batch was submitted (None: ingested just now, in-process); a message
+        that is no longer tracked in it is skipped."""
+        tracker, holds = self.tracker, self.holds
+        held = holds.partitions()
         generations: dict[TopicPartition, int] = {}
         mapped: dict[Entity, int] = {}
         add = self.dispatch.add
         try:
-            for message, result in zip(fresh, self.ingest(fresh), strict=True):
+            for message, result in zip(fresh, results, strict=True):
                 tp = message.position.tp
+                if submitted is not None and not tracker.owns(message.position, submitted[tp]):
+                    continue  # rewound or released while in the workers: read again
                 if tp in held:  # an earlier one of its partition waits
                     holds.append(message)
                 elif type(result) is Item:

@@ -48,7 +48,7 @@ from consumer.deadline import Deadline
 from consumer.dispatch import Dispatcher
 from consumer.holds import RegistryHolds
 from consumer.ingest import Ingest
-from consumer.intake import Intake
+from consumer.intake import IngestWorkers, Intake
 from consumer.metrics import Metrics
 from consumer.offsets import OffsetTracker
 from consumer.outbox import DeadLetterOutbox
@@ -99,8 +99,11 @@ class Pipeline:
         mapper: Mapper,
         metrics: Metrics,
         pacer: Pacer | None = None,
+        workers: IngestWorkers | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``workers``: where the ingest step runs (None: in the loop; see
+        :mod:`consumer.intake`)."""
         self.config = config
         self.pacer = pacer
         self.source = source
@@ -133,6 +136,7 @@ class Pipeline:
             dispatch=self.dispatch,
             outbox=self.outbox,
             metrics=metrics,
+            workers=workers,
         )
         self.assigned: set[TopicPartition] = set()
         self.committer = Committer(
@@ -194,11 +198,13 @@ class Pipeline:
         now = self.clock()
         self.last_iteration = now
         self.metrics.poll_loop_last_seconds.set(time.time())
-        timeout = 0.1
+        timeout = 0.1 if not self.intake.pending else 0.005  # results to route soon
         deadline = self.dispatch.next_deadline()
         if deadline is not None and self.sender.has_capacity():
             timeout = max(0.0, min(timeout, deadline - now))
         self.intake.process(self.source.consume(self.config.consume_batch, timeout))
+        if self.intake.pending:
+            self.intake.collect()
         self._drain_completions()
         self.outbox.poll()
         self.intake.retry_held()
@@ -252,12 +258,19 @@ class Pipeline:
         4. give the DLQ producer its moment, then serve its acknowledgements and completions;
         5. commit what is finished of ``tps``, synchronously, within ``commit_s``.
 
-        Returns how many batches were given up on. Releasing is the caller's (revoke
+        Step 0 routes the results of batches still in the ingest workers (what is not back
+        within the bound stays unfinished, uncommitted). Returns how many batches were given
+        up on. Releasing is the caller's (revoke
         releases; shutdown leaves that to the consumer's close).
         """
         flush_s = min(1.0, (deadline.end - deadline.started) / 10)
         self._handing_over = set(self.assigned) if tps is None else set(tps)
         try:
+            # 0. what is in the ingest workers comes back and is routed first
+            reserve_s = commit_s + close_s + flush_s
+            self.intake.collect(
+                block=True, timeout_s=max(0.1, deadline.budget(deadline.end, reserve_s))
+            )
             self.dispatch.flush(reason)  # 1
             until = deadline.until(commit_s + close_s + flush_s, floor_s=0.5)  # 2
             self._wait_for(self._handed_over(tps), until)

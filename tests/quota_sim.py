@@ -73,6 +73,7 @@ class Result:
     items: int = 0
     waits: list[float] = field(default_factory=list)  # per item: arrival → request
     wall_hit: bool = False
+    wall_at_s: float | None = None  # seconds after 00:00 UTC the wall first went up
     per_minute_max: int = 0
 
     @property
@@ -158,6 +159,8 @@ class _Pod:
         pacer.refresh(demand=float(self.batcher.open_batches() + len(self.full)))
         if pacer.exhausted:
             result.wall_hit = True
+            if result.wall_at_s is None:
+                result.wall_at_s = self.clock.unix % DAY_S
         while self.full and self._take():
             self._send(self.full.popleft(), result, minute)
         if self.full:
@@ -286,10 +289,19 @@ def cost_report(quota: int = 50_000, step_s: float = 1.0) -> list[dict[str, obje
                     "wait p50 s": round(r.wait(0.5), 1),
                     "wait p99 s": round(r.wait(0.99), 1),
                     "wait max s": round(r.wait(1.0), 1),
-                    "wall hit": "yes" if r.wall_hit else "no",
+                    "wall hit": wall_text(r.wall_at_s),
                 }
             )
     return rows
+
+
+def wall_text(at_s: float | None) -> str:
+    """The cost report's "wall hit" cell: "no", or the UTC time the quota wall went up (at
+    23:59 it only means the day's allowance was spent to the last request, as intended)."""
+    if at_s is None:
+        return "no"
+    h, rest = divmod(int(at_s), 3600)
+    return f"at {h:02d}:{rest // 60:02d}:{rest % 60:02d} UTC"
 
 
 def markdown(rows: list[dict[str, object]]) -> str:

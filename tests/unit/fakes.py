@@ -335,3 +335,35 @@ class FakeDecoder:
                 "schema registry answered HTTP 503", retry_after_s=self.retry_after_s
             )
         return dict(self.records[value])
+
+
+class FakePending:
+    """One batch in :class:`FakeWorkers`: ingested at once, reported done once the workers
+    were polled ``delay`` times after its submission (about one poll per loop turn), as worker
+    processes that work on every batch at once would be later."""
+
+    def __init__(self, workers: FakeWorkers, results: list[Any], due: int) -> None:
+        self._workers, self._results, self._due = workers, results, due
+
+    def done(self) -> bool:
+        self._workers.polls += 1
+        return self._workers.polls > self._due
+
+    def result(self, timeout_s: float | None = None) -> list[Any]:
+        return self._results
+
+
+class FakeWorkers:
+    """Where :class:`consumer.workers.IngestPool` stands: runs ``ingest`` (set it to the
+    pipeline's own) in this process, each batch's results about ``delay`` turns late."""
+
+    def __init__(self, delay: int = 1) -> None:
+        self.delay = delay
+        self.ingest: Callable[[Sequence[Message]], list[Any]] | None = None
+        self.submitted = 0
+        self.polls = 0
+
+    def submit(self, messages: Sequence[Message]) -> FakePending:
+        assert self.ingest is not None, "set FakeWorkers.ingest to the pipeline's"
+        self.submitted += 1
+        return FakePending(self, self.ingest(messages), self.polls + self.delay)

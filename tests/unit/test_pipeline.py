@@ -41,11 +41,24 @@ from tests.unit.fakes import (
     FakeDecoder,
     FakeSender,
     FakeSource,
+    FakeWorkers,
     Rebalance,
 )
 
 TOPIC = "asapp.metadata.agent"
 TOPICS = {TOPIC: Entity.AGENT}
+
+#: Where the rigs of the current test run the ingest step: in the loop (None), or in
+#: :class:`FakeWorkers` that answer each batch a turn late (as worker processes would):
+#: every test of this module runs both ways (the ``ingest`` fixture).
+WORKERS_DELAY: list[int | None] = [None]
+
+
+@pytest.fixture(autouse=True, params=[None, 1], ids=["in-process", "workers"])
+def ingest(request: pytest.FixtureRequest) -> Any:
+    WORKERS_DELAY[0] = request.param
+    yield request.param
+    WORKERS_DELAY[0] = None
 
 
 def tp(partition: int) -> TopicPartition:
@@ -79,6 +92,8 @@ class Rig:
         )
         knobs: dict[str, Any] = {"commit_interval_s": 0.0, "retry_max_backoff_s": 1.0}
         knobs.update(config)
+        delay = WORKERS_DELAY[0]
+        self.workers = None if delay is None else FakeWorkers(delay)
         self.pipeline = Pipeline(
             config=PipelineConfig(topic_entities=TOPICS, **knobs),
             source=self.source,
@@ -89,9 +104,12 @@ class Rig:
             validators={Entity.AGENT: validator_for(Entity.AGENT)},
             mapper=to_item,
             metrics=Metrics(self.registry),
+            workers=self.workers,
             clock=self.clock,
         )
         p = self.pipeline
+        if self.workers is not None:
+            self.workers.ingest = p.intake.ingest
         # What Pipeline.run() subscribes with (the tests drive iterate() themselves). The commit
         # result callback exists only where regular commits are asynchronous.
         self.source.subscribe(
