@@ -516,6 +516,28 @@ def test_fast_accept_agrees_with_fastjsonschema_on_a_realistic_mix() -> None:
         assert validator_for(entity)._accept(item) == _general(entity, item), item
 
 
+@pytest.mark.parametrize(
+    ("attribute", "valid"),
+    [
+        pytest.param({"name": "k", "value": "v"}, True, id="name-and-value"),
+        pytest.param({"value": "v", "name": "k"}, True, id="either-order"),
+        pytest.param({"name": "k", "value": "v", "extra": "x"}, False, id="one-key-too-many"),
+        pytest.param({"name": "k", "value": "v", 1: "x"}, False, id="non-string-extra-key"),
+        pytest.param({"name": "k"}, True, id="value-missing"),
+        pytest.param({"name": "k", "extra": "v"}, False, id="value-replaced"),
+        pytest.param({}, True, id="empty"),
+    ],
+)
+def test_fast_accept_of_attribute_keys_is_fastjsonschemas(
+    attribute: dict[Any, Any], valid: bool
+) -> None:
+    """An attribute holds ``name`` and ``value`` and nothing else (the spec requires neither)."""
+    for entity in Entity:
+        item = {**MINIMAL[entity], "attributes": [{"name": "a", "value": "b"}, attribute]}
+        assert _general(entity, item) is valid
+        assert validator_for(entity)._accept(item) is valid
+
+
 _ALL_FIELDS = {name for e in Entity for name in item_schema(e)["properties"]} | {"bogus"}
 
 _VALUES = st.one_of(
@@ -527,6 +549,10 @@ _VALUES = st.one_of(
     st.sampled_from(["", "a", "a-b_c", "a b", "a\n", "x@y.z", "2024-01-02T03:04:05.678Z"]),
     st.lists(st.text(max_size=5), max_size=12),
     st.lists(st.fixed_dictionaries({"name": st.text(max_size=3), "value": st.text(max_size=3)})),
+    st.lists(  # attributes with a key missing or one too many
+        st.dictionaries(st.sampled_from(["name", "value", "extra"]), st.text(max_size=3)),
+        max_size=3,
+    ),
 )
 
 
