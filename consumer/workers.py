@@ -29,8 +29,8 @@ processes and hands back, per message, what the step decided. Contracts:
   service reads (:data:`~consumer.settings.ENV_VARS`, ``KAFKA_*``) and every name that looks
   secret (:data:`~consumer.settings.SECRET_MARKERS`). ``multiprocessing``'s spawn context
   would hand the child the whole environment. The settings travel pickled through the pipe,
-  without the API secret (the ingest step never calls the API); the worker logs as the
-  service does, with the same secret scrubber.
+  without the API secret and the ``KAFKA_*`` properties (the step calls neither API nor
+  Kafka); the worker logs as the service does, with the same secret scrubber.
 
 Why processes and this chunk size: see ``tests/bench_workers.py`` (the parent's CPU per
 message for a pool round trip against the in-process step).
@@ -70,6 +70,9 @@ MAX_DEFAULT_WORKERS = 4
 RESPAWN_MIN_S = 1.0
 RESPAWN_MAX_S = 60.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: Pipe buffer asked for in each direction (a chunk of 256 bench events is ~150 KB out,
+#: ~270 KB back).
+PIPE_BYTES = 1 << 20
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 #: What a chunk is sent as: one (topic, partition, offset, value, error) per message.
@@ -135,7 +138,10 @@ def default_workers(cgroup_root: Path = CGROUP_ROOT, affinity: int | None = None
     the CPUs the process may run on counts those. ``affinity`` overrides the CPU count
     (tests)."""
     if affinity is None:
-        affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        if hasattr(os, "sched_getaffinity"):
+            affinity = len(os.sched_getaffinity(0))
+        else:  # not Linux: no affinity mask to read
+            affinity = os.cpu_count() or 1
     quota = cgroup_cpus(cgroup_root)
     cpus = affinity if quota is None else min(affinity, math.floor(quota + 1e-9))
     return 0 if cpus < 2 else min(cpus - 1, MAX_DEFAULT_WORKERS)
@@ -232,10 +238,8 @@ class _Worker:
         self.died_at = 0.0
         child_in, to_child = os.pipe()
         from_child, child_out = os.pipe()
-        with contextlib.suppress(OSError, AttributeError):  # Linux: fewer wake-ups per chunk
-            import fcntl
-
-            fcntl.fcntl(to_child, fcntl.F_SETPIPE_SZ, 1 << 20)
+        for fd in (to_child, from_child):
+            _grow_pipe(fd)
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", _BOOTSTRAP],
@@ -370,6 +374,15 @@ class _Worker:
             self.recv.close()
 
 
+def _grow_pipe(fd: int) -> None:
+    """Ask for a 1 MiB pipe buffer (Linux; the default 64 KiB splits a chunk's frame into
+    several reads and wake-ups). Best effort: the limit is /proc/sys/fs/pipe-max-size."""
+    with contextlib.suppress(OSError, AttributeError, ImportError):
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+
+
 class _Slot:
     """A worker position: its current worker and when a dead one may be replaced."""
 
@@ -431,9 +444,11 @@ class IngestPool:
     """``workers`` ingest processes behind a non-blocking submit (see the module docstring).
 
     ``build`` must be a module-level (picklable) function: each worker calls it once with
-    ``settings`` (without the API secret); the pool also keeps one step built in-process with
-    it for the chunks a worker could not answer. ``clock`` (monotonic seconds) paces the
-    replacement of workers that die before answering anything."""
+    ``settings`` (without the API and Kafka credentials); the pool also keeps one step built
+    in-process with it for the chunks a worker could not answer. ``clock`` (monotonic
+    seconds) paces the replacement of workers that die before answering anything. Raises
+    ValueError for fewer than one worker or message per chunk, OSError when a worker cannot
+    be started (the ones already started are stopped)."""
 
     def __init__(
         self,
@@ -453,7 +468,8 @@ class IngestPool:
         self._local = build(settings)
         self._chunk = chunk
         self._clock = clock
-        worker_settings = dataclasses.replace(settings, api_secret="")
+        # The step never calls the API nor Kafka: its copy goes without their credentials.
+        worker_settings = dataclasses.replace(settings, api_secret="", kafka_properties={})
         self._init = pickle.dumps(
             (
                 worker_settings,
@@ -467,7 +483,13 @@ class IngestPool:
         self._lock = threading.Lock()
         self._closed = False
         self._next = 0
-        self._slots = [_Slot(_Worker(i, self._init, clock)) for i in range(workers)]
+        self._slots: list[_Slot] = []
+        try:
+            for i in range(workers):
+                self._slots.append(_Slot(_Worker(i, self._init, clock)))
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def pids(self) -> list[int]:
