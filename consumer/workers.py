@@ -169,7 +169,7 @@ def serve(inp: Connection, out: Connection) -> None:
 
     from consumer import logs
 
-    # Ctrl-C reaches the whole process group; the parent decides when workers stop.
+    # The parent decides when workers stop (a terminal's Ctrl-C goes to its session only).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings, build, log_format, log_level, secrets = pickle.loads(inp.recv_bytes())
     logs.setup(log_format, log_level, secrets=secrets)
@@ -247,6 +247,9 @@ class _Worker:
                 stdout=child_out,
                 env=worker_environment(),
                 close_fds=True,
+                # Signals for the service's process group (Ctrl-C, a group kill) are not the
+                # workers': the pool stops them, and a worker whose parent is gone sees EOF.
+                start_new_session=True,
             )
         except BaseException:
             for fd in (to_child, from_child):
