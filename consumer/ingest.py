@@ -71,6 +71,12 @@ class Ingest:
         self.decoders = decoders
         self.validators = validators
         self.mapper = mapper
+        # per topic, bound once: (entity, decode, encode, id fields) — the hot path's lookups
+        self._steps = {
+            topic: (e, decoders[e].decode, validators[e].encode, ID_FIELDS[e])
+            for topic, e in topic_entities.items()
+            if e in decoders and e in validators
+        }
 
     def __call__(self, messages: Sequence[Message]) -> list[Result]:
         """One result per message, in order. Every message's topic must be subscribed."""
@@ -79,11 +85,11 @@ class Ingest:
     def one(self, message: Message) -> Result:
         """The result for one message (never raises for its content)."""
         pos = message.position
-        entity = self.topic_entities[pos.topic]
+        entity, decode, encode, ids = self._steps[pos.topic]
         if message.error is not None:
             return DeadLetter(message, entity, "consume", message.error[:MAX_ERROR_CHARS])
         try:
-            record = self.decoders[entity].decode(message.value)
+            record = decode(message.value)
         except RegistryUnavailable as exc:
             return Unavailable(message, str(exc), exc.retry_after_s)
         except DecodeError as exc:
@@ -92,7 +98,12 @@ class Ingest:
             payload = self.mapper(
                 entity, record, topic=pos.topic, partition=pos.partition, offset=pos.offset
             )
-            body = self.validators[entity].encode(payload)
+            body = encode(payload)
         except ValidationError as exc:
             return DeadLetter(message, entity, "validation", str(exc)[:MAX_ERROR_CHARS])
-        return Item(entity, str(payload["eventId"]), body, message, key=entity_key(entity, payload))
+        key = (
+            str(payload.get(ids[0]))
+            if len(ids) == 1
+            else "\x00".join(str(payload.get(f)) for f in ids)
+        )
+        return Item(entity, str(payload["eventId"]), body, message, key=key)

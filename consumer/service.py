@@ -57,6 +57,7 @@ from consumer.sender import Credentials, Sender
 from consumer.settings import SECRET_MARKERS, Settings
 from consumer.sink import ApiSink
 from consumer.validation import validator_for
+from consumer.workers import IngestPool, default_workers
 
 #: Seconds between a pod's ledger writes: with the pacer's 1 s refresh, another pod sees a
 #: change of demand within about 2.5 s, inside the pacer's settle window (quota.SETTLE_S).
@@ -80,6 +81,7 @@ class Service:
     dead_letters: DeadLetterProducer
     credentials: Credentials
     ledger: QuotaLedger | None = None
+    workers: IngestPool | None = None
 
     def run(self) -> None:
         """Serve health, run the pipeline until :meth:`Pipeline.request_stop`; always releases
@@ -88,6 +90,8 @@ class Service:
         try:
             self.pipeline.run()
         finally:
+            if self.workers is not None:  # the loop routed what they had on its way out
+                self.workers.close()
             if self.ledger is not None:  # the day's last count, so a restart continues from it
                 self.ledger.close()
             self.dead_letters.close()
@@ -113,6 +117,17 @@ def build_ingest(settings: Settings) -> Ingest:
         validators={e: validator_for(e) for e in settings.topics},
         mapper=to_item,
     )
+
+
+def _ingest_workers(settings: Settings) -> IngestPool | None:
+    """The ingest worker processes INGEST_WORKERS asks for (None: the loop ingests)."""
+    n = settings.ingest_workers if settings.ingest_workers is not None else default_workers()
+    log.info(
+        "ingest step: %s",
+        f"{n} worker processes" if n else "in the poll loop",
+        extra={"event": "ingest_workers", "workers": n},
+    )
+    return IngestPool(settings, n) if n > 0 else None
 
 
 def build_service(settings: Settings, registry: CollectorRegistry | None = None) -> Service:
@@ -176,6 +191,7 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
         limited_episodes=lambda: throttle.gate.episodes,
     )
     source = KafkaSource(settings)
+    workers = _ingest_workers(settings)
     pipeline = Pipeline(
         config=PipelineConfig(
             topic_entities=settings.topic_entities,
@@ -201,6 +217,7 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
         mapper=to_item,
         metrics=metrics,
         pacer=pacer,
+        workers=workers,
     )
     probe = Probe(
         last_iteration=lambda: pipeline.last_iteration,
@@ -220,12 +237,16 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
             registry=registry, probe=probe, port=settings.metrics_port, host=settings.metrics_host
         )
     except OSError as exc:  # taken between the CLI's check and here, or no check was made
+        if workers is not None:
+            workers.close()
         raise ConfigError(
             f"METRICS_PORT={settings.metrics_port} on METRICS_HOST={settings.metrics_host} "
             f"cannot be bound ({exc.strerror or exc}): free it or set METRICS_PORT to another "
             "port (or METRICS_HOST to an address of this machine)"
         ) from exc
-    return Service(settings, metrics, pipeline, health, sink, dead_letters, credentials, ledger)
+    return Service(
+        settings, metrics, pipeline, health, sink, dead_letters, credentials, ledger, workers
+    )
 
 
 def pod_name() -> str:

@@ -57,6 +57,7 @@ ENV_VARS: frozenset[str] = frozenset(
         "BATCH_MAX_BYTES",
         "BATCH_LINGER_MS",
         "MAX_IN_FLIGHT",
+        "INGEST_WORKERS",
         "MAX_BUFFERED_MESSAGES",
         "MAX_BUFFERED_BYTES",
         "BATCH_COALESCE",
@@ -207,6 +208,14 @@ def _int(env: Mapping[str, str], name: str, default: int, *, lo: int, hi: int | 
     return value
 
 
+def _workers(env: Mapping[str, str]) -> int | None:
+    """INGEST_WORKERS: unset or ``auto`` → None (from the CPU quota), else 0-16."""
+    raw = env.get("INGEST_WORKERS", "").strip()
+    if raw.lower() in ("", "auto"):
+        return None
+    return _int(env, "INGEST_WORKERS", 0, lo=0, hi=16)
+
+
 def _float(env: Mapping[str, str], name: str, default: float, *, lo: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
@@ -294,6 +303,9 @@ class Settings:
     batch_max_bytes: int = 1_000_000
     batch_linger_ms: int = 1000
     max_in_flight: int = 16
+    #: Worker processes for the ingest step (decode, map, validate, serialise); 0: in the poll
+    #: loop; None: from the CPUs the container may use (consumer.workers.default_workers).
+    ingest_workers: int | None = None
     max_buffered_messages: int = 50_000
     #: Bytes of buffered message values: the default leaves headroom in the shipped 384-512 MiB
     #: pod limits (each buffered byte costs about three in memory: value, item JSON, objects).
@@ -422,6 +434,7 @@ class Settings:
             batch_max_bytes=read(lambda: _int(env, "BATCH_MAX_BYTES", 1_000_000, lo=1024), 0),
             batch_linger_ms=read(lambda: _int(env, "BATCH_LINGER_MS", 1000, lo=0), 0),
             max_in_flight=read(lambda: _int(env, "MAX_IN_FLIGHT", 16, lo=1, hi=256), 1),
+            ingest_workers=read(lambda: _workers(env), None),
             max_buffered_messages=read(
                 lambda: _int(env, "MAX_BUFFERED_MESSAGES", 50_000, lo=1000), 0
             ),

@@ -15,6 +15,7 @@ CPU seconds, peak RSS), so its figures are not mixed with the producer's or the 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -185,6 +186,33 @@ def cpu_seconds(pid: int) -> float:
 def peak_rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as status:
         return int(next(ln for ln in status if ln.startswith("VmHWM")).split()[1]) / 1024
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (the service's ingest workers)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """:func:`cpu_seconds` of ``pid`` plus its live children's."""
+    total = cpu_seconds(pid)
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(child)
+    return total
+
+
+def tree_peak_rss_mib(pid: int) -> float:
+    """Peak RSS of ``pid`` plus each live child's peak (an upper bound of the tree's)."""
+    total = peak_rss_mib(pid)
+    for child in children(pid):
+        with contextlib.suppress(OSError, StopIteration):
+            total += peak_rss_mib(child)
+    return total
 
 
 def percentile(values: Sequence[float], q: float) -> float:
