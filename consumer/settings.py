@@ -165,6 +165,8 @@ def env_defaults() -> list[tuple[str, str]]:
             value = defaults.get(_FIELDS.get(name, name.lower()), dataclasses.MISSING)
         if value is dataclasses.MISSING:
             text = "(required)"
+        elif name == "INGEST_WORKERS":
+            text = "auto (the CPUs the container may use - 1; 0 below 2)"
         elif value is None:
             text = "(unset)"
         elif isinstance(value, bool):
