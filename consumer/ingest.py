@@ -57,7 +57,8 @@ def entity_key(entity: Entity, payload: Mapping[str, Any]) -> str:
 
 class Ingest:
     """Turns messages into results (see the module docstring). Thread-compatible: it holds
-    only the per-entity decoders, validators and the mapper."""
+    only the per-entity decoders, validators and the mapper, bound at construction (replacing
+    one afterwards has no effect: build another)."""
 
     def __init__(
         self,

@@ -55,8 +55,12 @@ class _TestDecoder:
 def build_for_tests(settings: Settings) -> Ingest:
     """The service's step with :class:`_TestDecoder` around each decoder."""
     ingest = build_ingest(settings)
-    ingest.decoders = {e: _TestDecoder(d) for e, d in ingest.decoders.items()}
-    return ingest
+    return Ingest(
+        topic_entities=ingest.topic_entities,
+        decoders={e: _TestDecoder(d) for e, d in ingest.decoders.items()},
+        validators=ingest.validators,
+        mapper=ingest.mapper,
+    )
 
 
 def build_dying_in_workers(settings: Settings) -> Ingest:
