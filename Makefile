@@ -30,9 +30,18 @@ tools: $(STAMP)
 	$(BIN)/pip install -q -r tests/deploy/requirements.txt
 	@test -x .venv-checkov/bin/checkov || { $(PY) -m venv .venv-checkov && .venv-checkov/bin/pip install -q -r tests/deploy/requirements-checkov.txt; }
 
-## test: the full suite CI runs (unit, integration against the real broker, deploy, monitoring)
+## test: the full suite CI runs (unit, integration against the real broker, deploy, monitoring).
+## The unit tests (CPU only) run beside the rest at a lower priority: the end-to-end tests mostly
+## wait on sockets and timers, and keep the CPU whenever they want it.
 test: tools
-	CHECKOV_BIN=$(CURDIR)/.venv-checkov/bin/checkov $(BIN)/pytest -q --durations=15
+	@rm -f .unit-tests.log; \
+	( nice -n 15 $(BIN)/pytest -q -p no:cacheprovider tests/unit > .unit-tests.log 2>&1; \
+	  echo $$? >> .unit-tests.log ) & \
+	CHECKOV_BIN=$(CURDIR)/.venv-checkov/bin/checkov $(BIN)/pytest -q --durations=15 \
+	  --ignore=tests/unit; rc=$$?; wait; \
+	echo "--- tests/unit (run alongside)"; head -n -1 .unit-tests.log | tail -n 15; \
+	unit=$$(tail -n 1 .unit-tests.log); rm -f .unit-tests.log; \
+	[ $$rc -eq 0 ] && [ "$$unit" = 0 ]
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
