@@ -51,7 +51,7 @@ integration: $(STAMP)
 
 ## bench: slow soak and benchmark runs (excluded from CI); they print their figures
 bench: $(STAMP)
-	$(BIN)/pytest -q -s -m slow
+	$(BIN)/pytest -q -s -m slow --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check consumer tests
