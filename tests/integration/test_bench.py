@@ -322,10 +322,10 @@ def test_one_pod_uses_the_request_allowance_without_exceeding_it(
     assert service.stop() == 0
 
 
-#: The API outage of the RSS soak (``BENCH_OUTAGE_S``, default 60 s; the performance issue's
+#: The API outage of the RSS soak (``BENCH_OUTAGE_S``, default 40 s; the performance issue's
 #: is 600 s, which alone would take ``make bench`` past its 10 minutes) and the events/s
 #: produced meanwhile.
-OUTAGE_S = float(os.environ.get("BENCH_OUTAGE_S", "60"))
+OUTAGE_S = float(os.environ.get("BENCH_OUTAGE_S", "40"))
 OUTAGE_RATE = 2000
 
 
