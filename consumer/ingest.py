@@ -72,9 +72,9 @@ class Ingest:
         self.decoders = decoders
         self.validators = validators
         self.mapper = mapper
-        # per topic, bound once: (entity, decode, encode, id fields) — the hot path's lookups
+        # per topic, bound once: (entity, decode, encode) — the hot path's lookups
         self._steps = {
-            topic: (e, decoders[e].decode, validators[e].encode, ID_FIELDS[e])
+            topic: (e, decoders[e].decode, validators[e].encode)
             for topic, e in topic_entities.items()
             if e in decoders and e in validators
         }
@@ -86,7 +86,7 @@ class Ingest:
     def one(self, message: Message) -> Result:
         """The result for one message (never raises for its content)."""
         pos = message.position
-        entity, decode, encode, ids = self._steps[pos.topic]
+        entity, decode, encode = self._steps[pos.topic]
         if message.error is not None:
             return DeadLetter(message, entity, "consume", message.error[:MAX_ERROR_CHARS])
         try:
@@ -102,9 +102,4 @@ class Ingest:
             body = encode(payload)
         except ValidationError as exc:
             return DeadLetter(message, entity, "validation", str(exc)[:MAX_ERROR_CHARS])
-        key = (
-            str(payload.get(ids[0]))
-            if len(ids) == 1
-            else "\x00".join(str(payload.get(f)) for f in ids)
-        )
-        return Item(entity, str(payload["eventId"]), body, message, key=key)
+        return Item(entity, str(payload["eventId"]), body, message, key=entity_key(entity, payload))

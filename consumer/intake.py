@@ -100,7 +100,7 @@ class Intake:
         entities = self.topic_entities
         tracker, holds = self.tracker, self.holds
         held = holds.partitions()
-        inline = self.workers is None and not self._pending
+        inline = self.workers is None  # else nothing skips the batches still out
         consumed: Counter[str] = Counter()
         fresh: list[Message] = []
         for message in messages:
@@ -128,11 +128,7 @@ class Intake:
             self.metrics.messages_consumed.labels(entities[topic].value, topic).inc(n)
         if not fresh:
             return
-        if self.workers is None and not self._pending:
-            self._route_batch(fresh, self.ingest(fresh), None)
-            return
-        if self.workers is None:  # workers gone (closed): finish in order, then in-process
-            self.collect(block=True)
+        if self.workers is None:
             self._route_batch(fresh, self.ingest(fresh), None)
             return
         generations = {tp: tracker.generation(tp) for tp in {m.position.tp for m in fresh}}
